@@ -1,0 +1,81 @@
+"""Dataset routes: upload (validated synchronously), list, get."""
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from typing import IO, Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.archive import Limits, ingest
+from api.deps import get_session, newest_first
+from api.schemas import DatasetOut, Page
+from models.errors import not_found
+from models.settings import get_settings
+from models.tables import Dataset, new_id, utcnow
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def _copy_hashing(src: IO[bytes], dest: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with dest.open("wb") as out:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _default_name(filename: str | None) -> str:
+    stem = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", Path(filename or "dataset").name, flags=re.I)
+    return stem[:255] or "dataset"
+
+
+@router.post("", status_code=201, response_model=DatasetOut, summary="Upload an image-folder archive")
+def upload_dataset(
+    file: Annotated[UploadFile, File(description=".zip or .tar.gz of <class>/<image> (optionally train/, val/)")],
+    session: Annotated[Session, Depends(get_session)],
+    name: Annotated[str | None, Form(max_length=255)] = None,
+) -> DatasetOut:
+    settings = get_settings()
+    dataset_id = new_id("ds")
+    root = settings.storage_dir / "datasets"
+    incoming = root / f".incoming-{dataset_id}"
+    final = root / dataset_id
+    incoming.mkdir(parents=True)
+    try:
+        archive = incoming / "upload"
+        sha256, size = _copy_hashing(file.file, archive)
+        summary = ingest(archive, incoming / "data", Limits(settings.max_archive_members, settings.max_extracted_bytes))
+        archive.unlink()
+        incoming.rename(final)
+        row = Dataset(id=dataset_id, name=name or _default_name(file.filename), classes=summary.classes,
+                      class_counts=summary.class_counts, split_counts=summary.split_counts,
+                      num_samples=summary.num_samples, has_val_split=summary.has_val_split, bytes=size,
+                      sha256=sha256, created_at=utcnow())
+        session.add(row)
+        session.commit()
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return DatasetOut.model_validate(row)
+
+
+@router.get("", response_model=Page[DatasetOut])
+def list_datasets(session: Annotated[Session, Depends(get_session)], limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                  after: str | None = None) -> Page[DatasetOut]:
+    rows, has_more = newest_first(session, Dataset, select(Dataset), after=after, limit=limit)
+    return Page(data=[DatasetOut.model_validate(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: Annotated[Session, Depends(get_session)]) -> DatasetOut:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id, "dataset_id")
+    return DatasetOut.model_validate(row)

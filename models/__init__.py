@@ -1,0 +1,1 @@
+"""What the API and the worker share: settings, tables, the job spec, the catalogue, job transitions."""

@@ -1,0 +1,27 @@
+"""Celery configuration shared by the API (which only sends) and the worker (which consumes)."""
+
+from typing import Any
+
+from models.settings import Settings
+
+TRAIN_TASK = "unfreeze.train"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "task_default_queue": settings.queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+        # The filesystem transport has no fanout exchange for remote control.
+        config["worker_enable_remote_control"] = False
+    return config

@@ -1,0 +1,35 @@
+"""The base-model catalogue as data, for the API (which does not import torch).
+
+`python -m worker.engine.catalogue` prints it; `models/catalogue.json` is its output, kept in step by a test.
+"""
+
+import json
+
+import torchvision
+
+from worker.engine.architectures import ARCHITECTURES, Architecture, layer_groups
+
+
+def describe(arch: Architecture) -> dict:
+    model = torchvision.models.get_model(arch.name, weights=None)
+    weights = torchvision.models.get_model_weights(arch.name)
+    return {
+        "name": arch.name,
+        "family": arch.family,
+        "image_size": arch.image_size,
+        "groups": [
+            {"name": g.name, "modules": list(paths), "params": sum(p.numel() for p in g.parameters())}
+            for g, (_, paths) in zip(layer_groups(model, arch), arch.groups, strict=True)
+        ],
+        "head_layer": arch.head_layer,
+        "weights": ["DEFAULT", *(w.name for w in weights)],
+        "default_weights": weights.DEFAULT.name,
+    }
+
+
+def catalogue() -> dict:
+    return {name: describe(arch) for name, arch in ARCHITECTURES.items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(catalogue(), indent=2))

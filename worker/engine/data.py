@@ -1,0 +1,64 @@
+"""Image files on disk as a torch Dataset, the per-class validation split and the preprocessing."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def split_per_class(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out `val_fraction` of every class (at least one image, never all), reproducibly from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for label in sorted({s.label for s in samples}):
+        members = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
+        order = torch.randperm(len(members), generator=gen).tolist()
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    return train, val
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize(image_size, antialias=True),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+class ImageFiles(Dataset):
+    """Decodes each image when it is read, as RGB."""
+
+    def __init__(self, samples: Sequence[Sample], transform) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[i]
+        with Image.open(sample.path) as img:
+            return self.transform(img.convert("RGB")), sample.label
+
+
+def make_loaders(train: Dataset, val: Dataset, *, batch_size: int, seed: int, workers: int = 0,
+                 pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    """A shuffled training loader (order fixed by `seed`) and an in-order validation loader."""
+    common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    val_loader = DataLoader(val, batch_size=max(batch_size, 256), shuffle=False, **common)
+    return train_loader, val_loader

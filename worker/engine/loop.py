@@ -1,0 +1,81 @@
+"""One training epoch and one evaluation pass."""
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from worker.engine.metrics import confusion_matrix
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    accuracy: float
+    samples: int
+    seconds: float
+    interrupted: bool
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    should_stop: Callable[[], bool],
+) -> EpochStats:
+    """Train over `loader` once; `should_stop` is asked after every batch (cancellation)."""
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    interrupted = False
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
+        seen += len(targets)
+        if should_stop():
+            interrupted = True
+            break
+    seconds = time.perf_counter() - start
+    return EpochStats(float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), seen, seconds, interrupted)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy loss and the confusion matrix over `loader`, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    seen = 0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        cm += confusion_matrix(targets, logits.argmax(1), num_classes)
+        seen += len(targets)
+    return float(loss_sum) / max(seen, 1), cm.cpu()

@@ -1,0 +1,107 @@
+"""Building a torchvision model with its starting weights, and the safetensors model file."""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+import torchvision
+from safetensors.torch import load_file, save_file
+
+from worker.engine.architectures import Architecture
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(Exception):
+    """Starting weights that cannot be used; the message says what to do."""
+
+
+def cached_weights_path(arch: str, weights: str) -> Path:
+    """Where torchvision's hub cache (under TORCH_HOME) keeps the file of these weights."""
+    enum = torchvision.models.get_model_weights(arch)[weights]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
+
+
+def torchvision_state_dict(arch: str, weights: str, *, allow_download: bool) -> dict[str, torch.Tensor]:
+    """The state dict of torchvision's named weights, read from the cache; downloaded only if allowed."""
+    try:
+        enum = torchvision.models.get_model_weights(arch)[weights]
+    except KeyError:
+        raise WeightsError(f"{arch} has no torchvision weights named '{weights}'") from None
+    path = cached_weights_path(arch, weights)
+    if not path.exists() and not allow_download:
+        raise WeightsError(
+            f"the {arch} weights '{weights}' are not in torchvision's cache: put {path.name} at {path} "
+            "(TORCH_HOME sets the folder), or set UNFREEZE_ALLOW_DOWNLOADS=true to let the worker download it"
+        )
+    try:
+        return enum.get_state_dict(progress=False)
+    except Exception as exc:  # network failures and corrupt cache files surface as many types
+        raise WeightsError(f"could not load the {arch} weights '{weights}' from {path}: {exc}") from exc
+
+
+def replace_head(model: nn.Module, arch: Architecture, num_classes: int) -> None:
+    """Swap the final Linear for a new one with `num_classes` outputs (initialised from the current RNG)."""
+    parent_path, _, child = arch.head_layer.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = parent.get_submodule(child)
+    setattr(parent, child, nn.Linear(old.in_features, num_classes))
+
+
+def build_model(
+    arch: Architecture,
+    *,
+    num_classes: int,
+    weights: str | None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    allow_download: bool = False,
+) -> nn.Module:
+    """A torchvision model with a new head for `num_classes`.
+
+    Starts from torchvision's named `weights`, from `init_state` (a state dict of the same architecture,
+    e.g. an earlier job's model), or from random initialisation when both are None.
+    """
+    torch.manual_seed(seed)
+    if init_state is not None:
+        head_weight = init_state[f"{arch.head_layer}.weight"]
+        model = torchvision.models.get_model(arch.name, weights=None, num_classes=head_weight.shape[0])
+        model.load_state_dict(init_state)
+    elif weights is not None:
+        model = torchvision.models.get_model(arch.name, weights=None)
+        model.load_state_dict(torchvision_state_dict(arch.name, weights, allow_download=allow_download))
+    else:
+        model = torchvision.models.get_model(arch.name, weights=None, num_classes=num_classes)
+        return model
+    torch.manual_seed(seed)
+    replace_head(model, arch, num_classes)
+    return model
+
+
+def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[str], image_size: int,
+                    mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Write the model's state dict (torchvision key names) as safetensors, atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "arch": arch,
+        "classes": json.dumps(classes),
+        "image_size": str(image_size),
+        "mean": json.dumps(list(mean)),
+        "std": json.dumps(list(std)),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a safetensors model file (never a pickle)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return load_file(str(path)), metadata
