@@ -5,6 +5,7 @@ wrapped in one top-level folder. Archiver junk (`__MACOSX/`, `.DS_Store`, hidden
 Every image is decoded once; anything wrong is a 4xx naming the member.
 """
 
+import gzip
 import json
 import shutil
 import stat
@@ -84,6 +85,8 @@ def open_archive(path: Path) -> Iterator[list[Entry]]:
                     entries.append(Entry(info.filename, lambda info=info: zf.open(info)))
                 yield entries
         elif magic.startswith(b"\x1f\x8b") or _is_tar(path):
+            if magic.startswith(b"\x1f\x8b"):
+                _read_through_gzip(path)
             with tarfile.open(path, "r:*") as tf:
                 entries = []
                 for member in tf:
@@ -99,6 +102,13 @@ def open_archive(path: Path) -> Iterator[list[Entry]]:
                              "folders with zip or tar -czf")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise bad_upload(f"the archive is corrupt or truncated ({exc}); create it again and re-upload") from None
+
+
+def _read_through_gzip(path: Path) -> None:
+    """Decompress to the end once: tarfile alone accepts a gzip stream cut off after the last member."""
+    with gzip.open(path) as f:
+        while f.read(1 << 20):
+            pass
 
 
 def _is_tar(path: Path) -> bool:
