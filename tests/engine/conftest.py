@@ -52,9 +52,9 @@ def new_loaders(digit_samples: dict[str, list[Sample]]) -> Callable[[], tuple[Da
     """Fresh loaders on every call: the training loader's shuffling generator advances as it is used."""
     transform = eval_transform(IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
 
-    def loaders(seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    def loaders(seed: int = 0, batch_size: int = BATCH_SIZE) -> tuple[DataLoader, DataLoader]:
         return make_loaders(ImageFiles(digit_samples["train"], transform), ImageFiles(digit_samples["val"], transform),
-                            batch_size=BATCH_SIZE, seed=seed)
+                            batch_size=batch_size, seed=seed)
 
     return loaders
 

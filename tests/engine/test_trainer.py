@@ -132,3 +132,14 @@ def test_same_seed_and_data_give_identical_epochs(trainer_for, new_loaders):
     assert len(metrics_a) == 2, "both stages ran"
     assert metrics_a == metrics_b, "per-epoch metrics are identical across runs with the same seed"
     assert result_a == result_b, "final metrics are identical across runs with the same seed"
+
+
+@pytest.mark.xfail(raises=ValueError, strict=True,
+                   reason="engine bug: a last training batch of one image reaches BatchNorm layers with 1x1 maps "
+                          "(resnet layer4 at image_size <= 32, which the spec allows) and BatchNorm raises")
+def test_a_last_batch_of_one_image_trains(trainer_for, new_loaders):
+    trainer, recorder = trainer_for([Stage(("layer4", "head"), 1, LR)])
+
+    result = trainer.fit(*new_loaders(batch_size=89))  # 90 training images: batches of 89 and 1
+
+    assert result.epochs == 1 and len(recorder.metrics) == 1, "the epoch completes"

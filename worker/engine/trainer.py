@@ -63,7 +63,9 @@ class Trainer:
         self.num_classes = num_classes
         self.device = device
         self.autocast = precision_context(device)
-        self.callbacks: list[Callback] = [BestWeights(), EarlyStopping(config.early_stopping), *callbacks]
+        # Given callbacks see each epoch before the policies act on it, so a reporter writes the epoch's
+        # metrics before the events that epoch causes.
+        self.callbacks: list[Callback] = [*callbacks, BestWeights(), EarlyStopping(config.early_stopping)]
         es = config.early_stopping
         self.best = Best(monitor=es.monitor, mode=es.mode)
         self.stage_index = -1
