@@ -49,7 +49,7 @@ class EarlyStopping(_Strict):
 
 
 class Hyperparameters(_Strict):
-    batch_size: int = Field(32, gt=0, le=4096)
+    batch_size: int = Field(32, ge=2, le=4096, description="At least 2: BatchNorm trains on batch statistics.")
     image_size: int | None = Field(None, ge=16, le=1024, description="Defaults to the architecture's native size.")
     max_epochs: int = Field(30, gt=0, le=10_000)
     weight_decay: float = Field(1e-4, ge=0)

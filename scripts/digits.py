@@ -71,3 +71,18 @@ def write_folder(root: Path, classes: dict) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
         for index, image in items:
             image.save(root / name / f"{index:04d}.png")
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """The two sample archives of the README and the demo: digits 0-4 (all 901 images, one folder per class)
+    and digits 5-9 (30 training images per class under train/, the other 746 under val/)."""
+    train, val = few_shot(digit_images(range(5, 10)), per_class=30, seed=0)
+    return [write_archive(folder / "digits-0-4.zip", archive_members(digit_images(range(5)))),
+            write_archive(folder / "digits-5-9.tar.gz", archive_members(train, val))]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for written in write_samples(Path(sys.argv[1] if len(sys.argv) > 1 else "var/samples")):
+        print(written)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.digits import archive_members, digit_images, few_shot, write_archive
+from scripts.digits import write_samples
 
 
 @pytest.fixture(scope="session")
@@ -13,13 +13,17 @@ def digits_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def source_archive(digits_dir) -> Path:
-    """Digits 0-4, all 901 images, one folder per class (the job holds out its own validation split)."""
-    return write_archive(digits_dir / "digits-0-4.zip", archive_members(digit_images(range(5))))
+def sample_archives(digits_dir) -> list[Path]:
+    return write_samples(digits_dir)
 
 
 @pytest.fixture(scope="session")
-def target_archive(digits_dir) -> Path:
+def source_archive(sample_archives) -> Path:
+    """Digits 0-4, all 901 images, one folder per class (the job holds out its own validation split)."""
+    return sample_archives[0]
+
+
+@pytest.fixture(scope="session")
+def target_archive(sample_archives) -> Path:
     """Digits 5-9: 30 training images per class under train/, the other 746 under val/ (as in bench/TASK)."""
-    train, val = few_shot(digit_images(range(5, 10)), per_class=30, seed=0)
-    return write_archive(digits_dir / "digits-5-9.tar.gz", archive_members(train, val))
+    return sample_archives[1]

@@ -75,9 +75,19 @@ class Recorder(Callback):
             self.epoch_states[trainer.epoch] = _copy_state(trainer.model)
 
     def on_stage_end(self, trainer: Trainer) -> None:
-        # Runs after the built-in BestWeights callback, so the model already holds the restored weights.
-        self.stage_ends.append({"stage": trainer.stage_number, "best_epoch": trainer.best.epoch,
-                                "state": _copy_state(trainer.model) if self.snapshots else None})
+        self.stage_ends.append({"stage": trainer.stage_number, "best_epoch": trainer.best.epoch, "state": None})
+
+    # The state a stage leaves behind is read at the next hook after every callback's on_stage_end, so it
+    # does not depend on whether this callback runs before or after the built-in BestWeights.
+    def on_stage_start(self, trainer: Trainer) -> None:
+        self._state_after_stage_end(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._state_after_stage_end(trainer)
+
+    def _state_after_stage_end(self, trainer: Trainer) -> None:
+        if self.snapshots and self.stage_ends and self.stage_ends[-1]["state"] is None:
+            self.stage_ends[-1]["state"] = _copy_state(trainer.model)
 
     def on_event(self, trainer: Trainer, type: str, message: str, data: dict[str, Any]) -> None:
         self.events.append((type, data))

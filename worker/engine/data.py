@@ -58,7 +58,8 @@ def make_loaders(train: Dataset, val: Dataset, *, batch_size: int, seed: int, wo
                  pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
     """A shuffled training loader (order fixed by `seed`) and an in-order validation loader."""
     common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True,
+    # A last batch of one image cannot train BatchNorm (one value per channel once maps reach 1x1).
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=len(train) % batch_size == 1,
                               generator=torch.Generator().manual_seed(seed), **common)
     val_loader = DataLoader(val, batch_size=max(batch_size, 256), shuffle=False, **common)
     return train_loader, val_loader

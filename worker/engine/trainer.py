@@ -63,9 +63,8 @@ class Trainer:
         self.num_classes = num_classes
         self.device = device
         self.autocast = precision_context(device)
-        # Given callbacks see each epoch before the policies act on it, so a reporter writes the epoch's
-        # metrics before the events that epoch causes.
-        self.callbacks: list[Callback] = [*callbacks, BestWeights(), EarlyStopping(config.early_stopping)]
+        # Policies first: given callbacks see each stage's end after the best weights are back.
+        self.callbacks: list[Callback] = [BestWeights(), EarlyStopping(config.early_stopping), *callbacks]
         es = config.early_stopping
         self.best = Best(monitor=es.monitor, mode=es.mode)
         self.stage_index = -1
@@ -95,6 +94,7 @@ class Trainer:
         return self.stop == "cancelled"
 
     def fit(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
+        torch.manual_seed(self.config.seed)  # dropout and other in-model randomness
         self._call("on_fit_start")
         for index, stage in enumerate(self.config.stages):
             if self.epoch >= self.config.max_epochs:
