@@ -200,6 +200,8 @@ def test_listings_paginate_newest_first(client, target_archive):
                        hyperparameters={"max_epochs": 1, **FAST}) for _ in range(2)]
     for j in jobs:
         client.post(f"/v1/jobs/{j['id']}/cancel")
+    for j in jobs:  # an idle worker may have started one: it then ends at its next batch
+        assert wait_for(client, j["id"], timeout=60)["status"] == "cancelled"
     cancelled = listing(client, "/v1/jobs", status="cancelled", limit=1)
     positions = [[j["id"] for j in cancelled].index(x["id"]) for x in jobs]
     assert positions[1] < positions[0], "newest first"
