@@ -16,7 +16,7 @@ from models.errors import ServiceError, conflict, invalid, not_found
 from models.plan import resolve_plan
 from models.storage import model_path
 from models.spec import JobRequest
-from models.tables import Dataset, Event, Job, Metric
+from models.tables import LOCAL_TENANT, Dataset, Event, Job, Metric
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "cancel_requested", "cancelled", "succeeded", "failed"]
@@ -62,7 +62,7 @@ def create_job(request: JobRequest, session: SessionDep) -> JobOut:
     spec = request.model_dump(mode="json", exclude={"dataset_id", "base_model", "weights"})
     spec["strategy"]["plan"] = resolve_plan(request.strategy, group_names(request.base_model))
     spec["hyperparameters"]["image_size"] = request.hyperparameters.image_size or models[request.base_model]["image_size"]
-    job = job_state.create_job(session, dataset_id=request.dataset_id, base_model=request.base_model,
+    job = job_state.create_job(session, tenant_id=LOCAL_TENANT, dataset_id=request.dataset_id, base_model=request.base_model,
                                weights=request.weights, spec=spec)
     session.commit()
     try:

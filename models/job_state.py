@@ -23,9 +23,10 @@ def add_event(session: Session, job_id: str, type: str, message: str, data: dict
     session.add(Event(job_id=job_id, type=type, message=message, data=data or {}, created_at=utcnow()))
 
 
-def create_job(session: Session, *, dataset_id: str, base_model: str, weights: str | None, spec: dict[str, Any]) -> Job:
-    job = Job(status=QUEUED, dataset_id=dataset_id, base_model=base_model, weights=weights, spec=spec,
-              epoch=0, progress=0.0, created_at=utcnow())
+def create_job(session: Session, *, tenant_id: str, dataset_id: str, base_model: str, weights: str | None,
+               spec: dict[str, Any]) -> Job:
+    job = Job(tenant_id=tenant_id, status=QUEUED, dataset_id=dataset_id, base_model=base_model, weights=weights,
+              spec=spec, epoch=0, progress=0.0, attempts=0, created_at=utcnow())
     session.add(job)
     session.flush()
     add_event(session, job.id, "queued", f"job queued: {base_model} on dataset {dataset_id}")

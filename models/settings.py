@@ -21,7 +21,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, alias="UNFREEZE_MAX_UPLOAD_BYTES", gt=0)
     max_archive_members: int = Field(200_000, alias="UNFREEZE_MAX_ARCHIVE_MEMBERS", gt=0)
     max_extracted_bytes: int = Field(20 * 1024**3, alias="UNFREEZE_MAX_EXTRACTED_BYTES", gt=0)
+    max_compression_ratio: int = Field(200, alias="UNFREEZE_MAX_COMPRESSION_RATIO", gt=0)
+    max_image_pixels: int = Field(89_478_485, alias="UNFREEZE_MAX_IMAGE_PIXELS", gt=0)
     allow_downloads: bool = Field(False, alias="UNFREEZE_ALLOW_DOWNLOADS")
+    auth: bool = Field(True, alias="UNFREEZE_AUTH", description="'off' serves everyone as the local tenant.")
+    rate_limit_per_minute: int = Field(120, alias="UNFREEZE_RATE_LIMIT_PER_MINUTE", ge=0,
+                                       description="Write requests per API key per minute; 0 disables.")
+    lease_seconds: int = Field(60, alias="UNFREEZE_LEASE_SECONDS", gt=0)
+    reaper_interval_seconds: int = Field(15, alias="UNFREEZE_REAPER_INTERVAL_SECONDS", gt=0)
+    max_attempts: int = Field(3, alias="UNFREEZE_MAX_ATTEMPTS", gt=0)
     loader_workers: int = Field(0, alias="UNFREEZE_LOADER_WORKERS", ge=0)
 
     @property
