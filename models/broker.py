@@ -5,6 +5,7 @@ from typing import Any
 from models.settings import Settings
 
 TRAIN_TASK = "unfreeze.train"
+VISIBILITY_TIMEOUT_S = 3600
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -16,8 +17,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
+        # A worker that loses the broker stops its late-ack tasks instead of racing a redelivered copy.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
+    if settings.broker_url.startswith(("redis", "rediss")):
+        # Unacknowledged messages come back after this long. Training outlives it easily; the duplicate it
+        # produces is harmless because claims are conditional on the job row (and its lease).
+        config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     if settings.broker_url.startswith("filesystem"):
         folder = settings.broker_folder
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,10 @@
 Both the API (create, cancel) and the worker (claim, progress, finish) go through these functions.
 """
 
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -55,16 +56,64 @@ def request_cancel(session: Session, job_id: str) -> None:
         raise conflict(f"job {job_id} has already ended ({status}); only queued or running jobs can be cancelled")
 
 
-def claim(session: Session, job_id: str) -> bool:
-    """Move a queued job to running; False if another delivery got it first or it was cancelled."""
-    if not _transition(session, job_id, (QUEUED,), status=RUNNING, started_at=utcnow()):
-        return False
-    add_event(session, job_id, "started", "a worker started the job")
-    return True
+def claim(session: Session, job_id: str, *, worker: str, lease_s: float, max_attempts: int) -> int | None:
+    """Take the job for `worker` with a lease, in one conditional update; returns the attempt number.
+
+    Only a queued job, or a running one whose lease expired (its worker died), can be claimed, so two
+    deliveries of the same task never train at once. Past `max_attempts` the job fails instead.
+    """
+    now = utcnow()
+    attempt = session.scalar(
+        update(Job)
+        .where(Job.id == job_id,
+               or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.lease_expires_at < now)))
+        .values(status=RUNNING, attempts=Job.attempts + 1, worker=worker, heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s), started_at=func.coalesce(Job.started_at, now))
+        .returning(Job.attempts))
+    if attempt is None:
+        return None
+    if attempt > max_attempts:
+        error = f"the job was interrupted {attempt - 1} times (worker lost); giving up after {max_attempts} attempts"
+        finish(session, job_id, FAILED, f"job failed: {error}", worker=worker, error=error)
+        return None
+    if attempt == 1:
+        add_event(session, job_id, "started", f"worker {worker} started the job", {"attempt": 1, "worker": worker})
+    return attempt
 
 
-def is_cancel_requested(session: Session, job_id: str) -> bool:
-    return session.scalar(select(Job.status).where(Job.id == job_id)) == CANCEL_REQUESTED
+def heartbeat(session: Session, job_id: str, *, worker: str, lease_s: float) -> str | None:
+    """Renew `worker`'s lease; returns the job's status, or None if the worker no longer holds the job."""
+    now = utcnow()
+    return session.scalar(
+        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(ACTIVE))
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_s)).returning(Job.status))
+
+
+def reap(session: Session, *, resend_queued_after_s: float) -> list[str]:
+    """Recover jobs whose worker stopped renewing its lease; returns the ids whose task must be sent again.
+
+    A running job goes back to queued (its next claim resumes from the last checkpoint); a job whose
+    cancel was requested ends cancelled; a job queued for long without being claimed (its message may
+    have been lost with a broker restart) is sent again: a duplicate message is harmless, claims are
+    conditional.
+    """
+    now = utcnow()
+    expired = Job.lease_expires_at < now
+    for job_id in session.scalars(update(Job).where(Job.status == CANCEL_REQUESTED, expired)
+                                  .values(status=CANCELLED, finished_at=now, stopped_reason="cancelled",
+                                          lease_expires_at=None).returning(Job.id)):
+        add_event(session, job_id, "cancelled", "job cancelled (its worker stopped before it could)")
+    requeued = list(session.scalars(update(Job).where(Job.status == RUNNING, expired)
+                                    .values(status=QUEUED, worker=None, lease_expires_at=None, heartbeat_at=now)
+                                    .returning(Job.id)))
+    for job_id in requeued:
+        add_event(session, job_id, "requeued", "the worker running this job stopped renewing its lease; "
+                  "it is queued again and resumes from its last checkpoint")
+    stale = now - timedelta(seconds=resend_queued_after_s)
+    resend = list(session.scalars(update(Job).where(Job.status == QUEUED,
+                                                    func.coalesce(Job.heartbeat_at, Job.created_at) < stale)
+                                  .values(heartbeat_at=now).returning(Job.id)))
+    return requeued + resend
 
 
 def _insert_ignoring_duplicates(session: Session, table: type, values: dict[str, Any]) -> None:
@@ -74,7 +123,7 @@ def _insert_ignoring_duplicates(session: Session, table: type, values: dict[str,
 
 def record_epoch(session: Session, job_id: str, metrics: dict[str, Any], *, progress: float,
                  best: dict[str, Any]) -> None:
-    """One metrics row per (job, epoch), written idempotently, and the job's progress."""
+    """One metrics row per (job, epoch), written idempotently (a resumed epoch adds no second row)."""
     _insert_ignoring_duplicates(session, Metric, {"job_id": job_id, "created_at": utcnow(), **metrics})
     _transition(session, job_id, ACTIVE, epoch=metrics["epoch"], stage=metrics["stage"], progress=progress, best=best)
 
@@ -83,10 +132,12 @@ def set_stage(session: Session, job_id: str, stage: int) -> None:
     _transition(session, job_id, ACTIVE, stage=stage)
 
 
-def finish(session: Session, job_id: str, status: str, message: str, *, event_data: dict[str, Any] | None = None,
-           **values: Any) -> bool:
-    """End an active job with a terminal `status`; False if it had already ended."""
-    if not _transition(session, job_id, ACTIVE, status=status, finished_at=utcnow(), **values):
+def finish(session: Session, job_id: str, status: str, message: str, *, worker: str,
+           event_data: dict[str, Any] | None = None, **values: Any) -> bool:
+    """End `worker`'s active job with a terminal `status`; False if it ended already or another worker holds it."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(ACTIVE))
+                             .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values))
+    if result.rowcount != 1:
         return False
     add_event(session, job_id, status, message, event_data)
     return True

@@ -16,3 +16,7 @@ def job_dir(job_id: str) -> Path:
 
 def model_path(job_id: str) -> Path:
     return job_dir(job_id) / "model.safetensors"
+
+
+def checkpoint_path(job_id: str) -> Path:
+    return job_dir(job_id) / "checkpoint.pt"

@@ -1,38 +1,36 @@
-"""The engine callback that writes progress to the job row, metrics and events, and reads cancellation."""
+"""The engine callback that writes progress to the job row, metrics and events, and turns what the lease
+keeper learned (a cancel request, a lost lease) into the trainer's stop flag at batch boundaries."""
 
-import time
 from typing import Any
 
 from models import job_state
-from models.db import session_scope
 from worker.engine.callbacks import Callback
 from worker.engine.trainer import Trainer
-
-CANCEL_POLL_S = 0.5
+from worker.lease import LeaseKeeper
+from worker.retry import in_transaction
 
 
 class DatabaseReporter(Callback):
-    def __init__(self, job_id: str, planned_epochs: int) -> None:
+    def __init__(self, job_id: str, planned_epochs: int, lease: LeaseKeeper) -> None:
         self.job_id = job_id
         self.planned_epochs = max(planned_epochs, 1)
-        self._next_poll = 0.0
+        self.lease = lease
 
     def on_event(self, trainer: Trainer, type: str, message: str, data: dict[str, Any]) -> None:
-        with session_scope() as session:
+        def write(session) -> None:
             job_state.add_event(session, self.job_id, type, message, data)
             if type == "stage_started":
                 job_state.set_stage(session, self.job_id, data["stage"])
 
+        in_transaction(write)
+
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        with session_scope() as session:
-            job_state.record_epoch(session, self.job_id, metrics, progress=min(1.0, trainer.epoch / self.planned_epochs),
-                                   best=trainer.best.as_dict())
+        progress = min(1.0, trainer.epoch / self.planned_epochs)
+        in_transaction(lambda s: job_state.record_epoch(s, self.job_id, metrics, progress=progress,
+                                                        best=trainer.best.as_dict()))
 
     def on_batch_end(self, trainer: Trainer) -> None:
-        now = time.monotonic()
-        if now < self._next_poll:
-            return
-        self._next_poll = now + CANCEL_POLL_S
-        with session_scope() as session:
-            if job_state.is_cancel_requested(session, self.job_id):
-                trainer.stop = "cancelled"
+        if self.lease.lost.is_set():
+            trainer.stop = "lease_lost"
+        elif self.lease.cancel_requested.is_set():
+            trainer.stop = "cancelled"

@@ -9,18 +9,20 @@ import torch
 
 from models import job_state
 from models.broker import TRAIN_TASK
-from models.db import session_scope
 from models.settings import get_settings
-from models.storage import dataset_dir, job_dir, model_path
-from models.tables import Dataset, Job
+from models.storage import checkpoint_path, dataset_dir, job_dir, model_path
+from models.tables import Job
 from worker.celery import app
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
 from worker.engine.data import ImageFiles, Sample, eval_transform, make_loaders, split_per_class
-from worker.engine.trainer import FitResult, Trainer
+from worker.engine.checkpoint import Checkpointer, load_checkpoint
+from worker.engine.trainer import INTERRUPTED, FitResult, Trainer
 from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, load_model_file,
                                    save_model_file)
+from worker.lease import WORKER_NAME, LeaseKeeper
 from worker.reporter import DatabaseReporter
+from worker.retry import in_transaction
 
 log = logging.getLogger("unfreeze.worker")
 
@@ -38,32 +40,41 @@ class JobInputs:
 
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> None:
-    with session_scope() as session:
-        if not job_state.claim(session, job_id):
-            log.info("job %s is not queued (cancelled, or delivered twice); skipping", job_id)
-            return
-        job = session.get(Job, job_id)
-        inputs = JobInputs(job.id, job.base_model, job.weights, job.spec, job.dataset_id)
-    try:
-        outcome = run(inputs)
-    except WeightsError as exc:
-        _finish(job_id, job_state.FAILED, f"job failed: {exc}", error=str(exc))
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        error = f"training failed: {type(exc).__name__}: {exc}"
-        _finish(job_id, job_state.FAILED, f"job failed: {error}", error=error)
-    else:
-        if outcome.stopped_reason == "cancelled":
-            _finish(job_id, job_state.CANCELLED, "job cancelled", stopped_reason="cancelled")
+    settings = get_settings()
+    attempt = in_transaction(lambda s: job_state.claim(s, job_id, worker=WORKER_NAME, lease_s=settings.lease_seconds,
+                                                       max_attempts=settings.max_attempts))
+    if attempt is None:
+        log.info("job %s is not claimable (ended, or held by a live worker); skipping this delivery", job_id)
+        return
+    inputs = in_transaction(lambda s: _inputs(s.get(Job, job_id)))
+    with LeaseKeeper(job_id, lease_s=settings.lease_seconds) as lease:
+        try:
+            outcome = run(inputs, lease=lease, attempt=attempt)
+        except WeightsError as exc:
+            _finish(job_id, job_state.FAILED, f"job failed: {exc}", error=str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = f"training failed: {type(exc).__name__}: {exc}"
+            _finish(job_id, job_state.FAILED, f"job failed: {error}", error=error)
         else:
-            _finish(job_id, job_state.SUCCEEDED, f"job succeeded ({outcome.stopped_reason})",
-                    event_data={"epochs": outcome.epochs, "best": outcome.best}, progress=1.0,
-                    stopped_reason=outcome.stopped_reason, result=outcome.result, best=outcome.best)
+            if outcome.stopped_reason == "lease_lost":
+                log.warning("job %s is held by another worker now; leaving it", job_id)
+                return
+            if outcome.stopped_reason == "cancelled":
+                _finish(job_id, job_state.CANCELLED, "job cancelled", stopped_reason="cancelled")
+            else:
+                _finish(job_id, job_state.SUCCEEDED, f"job succeeded ({outcome.stopped_reason})",
+                        event_data={"epochs": outcome.epochs, "best": outcome.best}, progress=1.0,
+                        stopped_reason=outcome.stopped_reason, result=outcome.result, best=outcome.best)
+    checkpoint_path(job_id).unlink(missing_ok=True)
+
+
+def _inputs(job: Job) -> JobInputs:
+    return JobInputs(job.id, job.base_model, job.weights, job.spec, job.dataset_id)
 
 
 def _finish(job_id: str, status: str, message: str, **values: Any) -> None:
-    with session_scope() as session:
-        job_state.finish(session, job_id, status, message, **values)
+    in_transaction(lambda s: job_state.finish(s, job_id, status, message, worker=WORKER_NAME, **values))
 
 
 def fit_config(spec: dict[str, Any]) -> FitConfig:
@@ -76,8 +87,8 @@ def fit_config(spec: dict[str, Any]) -> FitConfig:
     )
 
 
-def run(inputs: JobInputs) -> FitResult:
-    """Train the job's model with the engine and write the best model file."""
+def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult:
+    """Train the job's model with the engine (resuming from its checkpoint after a crash) and write the model."""
     settings = get_settings()
     arch = ARCHITECTURES[inputs.base_model]
     config = fit_config(inputs.spec)
@@ -105,10 +116,19 @@ def run(inputs: JobInputs) -> FitResult:
     train_loader, val_loader = make_loaders(ImageFiles(train_samples, transform), ImageFiles(val_samples, transform),
                                             batch_size=config.batch_size, seed=config.seed,
                                             workers=settings.loader_workers, pin_memory=device.type == "cuda")
+    checkpoint = checkpoint_path(inputs.job_id)
+    resume = load_checkpoint(checkpoint) if attempt > 1 else None
+    if attempt > 1:
+        from_epoch = resume["progress"]["epoch"] if resume else 0
+        in_transaction(lambda s: job_state.add_event(
+            s, inputs.job_id, "resumed", f"attempt {attempt} resumes after epoch {from_epoch}",
+            {"from_epoch": from_epoch, "attempt": attempt, "worker": WORKER_NAME}))
+    # The reporter writes an epoch's metrics row before the checkpoint marks the epoch done.
+    callbacks = [DatabaseReporter(inputs.job_id, config.planned_epochs, lease), Checkpointer(checkpoint)]
     trainer = Trainer(model=model, groups=layer_groups(model, arch), config=config, num_classes=len(classes),
-                      device=device, callbacks=[DatabaseReporter(inputs.job_id, config.planned_epochs)])
-    outcome = trainer.fit(train_loader, val_loader)
-    if outcome.stopped_reason != "cancelled":
+                      device=device, callbacks=callbacks)
+    outcome = trainer.fit(train_loader, val_loader, resume=resume)
+    if outcome.stopped_reason not in INTERRUPTED:
         job_dir(inputs.job_id).mkdir(parents=True, exist_ok=True)
         save_model_file(trainer.model, model_path(inputs.job_id), arch=arch.name, classes=classes,
                         image_size=image_size, mean=mean, std=std)

@@ -7,11 +7,12 @@ import json
 
 import torchvision
 
-from worker.engine.architectures import ARCHITECTURES, Architecture, layer_groups
+from worker.engine.architectures import ARCHITECTURES, Architecture, layer_groups, meta_model
 
 
 def describe(arch: Architecture) -> dict:
-    model = torchvision.models.get_model(arch.name, weights=None)
+    """The architecture as the API serves it; the model is built on the meta device (no memory, no weights)."""
+    model = meta_model(arch)
     weights = torchvision.models.get_model_weights(arch.name)
     return {
         "name": arch.name,

@@ -19,6 +19,10 @@ from worker.engine.loop import evaluate, train_one_epoch
 from worker.engine.metrics import summarize
 
 
+# Stop reasons that end a fit mid-epoch, with no final model: a user's cancel, or another worker owning the job.
+INTERRUPTED = ("cancelled", "lease_lost")
+
+
 @dataclass
 class Best:
     """The best monitored value so far, and where it came from (strictly better wins, as checkpoints do)."""
@@ -64,12 +68,16 @@ class Trainer:
         self.device = device
         self.autocast = precision_context(device)
         # Policies first: given callbacks see each stage's end after the best weights are back.
-        self.callbacks: list[Callback] = [BestWeights(), EarlyStopping(config.early_stopping), *callbacks]
+        self.policies: list[Callback] = [BestWeights(), EarlyStopping(config.early_stopping)]
+        self.callbacks: list[Callback] = [*self.policies, *callbacks]
         es = config.early_stopping
         self.best = Best(monitor=es.monitor, mode=es.mode)
         self.stage_index = -1
         self.epoch = 0
+        self.epoch_in_stage = 0
         self.unfrozen: list[str] = []
+        self._train_loader: DataLoader | None = None
+        self._resumed_optimizer: dict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.end_stage: str | None = None  # set by a callback to end the current stage
         self.stop: str | None = None  # set by a callback (or the budget) to end the fit, with the reason
@@ -91,38 +99,78 @@ class Trainer:
 
     def _after_batch(self) -> bool:
         self._call("on_batch_end")
-        return self.stop == "cancelled"
+        return self.stop in INTERRUPTED
 
-    def fit(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this fit after the last finished epoch (see `fit(resume=...)`)."""
+        loader_gen = getattr(self._train_loader, "generator", None)
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "progress": {"stage_index": self.stage_index, "epoch": self.epoch, "epoch_in_stage": self.epoch_in_stage,
+                         "unfrozen": list(self.unfrozen), "end_stage": self.end_stage, "stop": self.stop},
+            "best": self.best.as_dict(),
+            "policies": [cb.state_dict() for cb in self.policies],
+            "rng": {"torch": torch.get_rng_state(), "loader": loader_gen.get_state() if loader_gen else None},
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        p = state["progress"]
+        self.stage_index, self.epoch, self.epoch_in_stage = p["stage_index"], p["epoch"], p["epoch_in_stage"]
+        self.unfrozen, self.end_stage, self.stop = list(p["unfrozen"]), p["end_stage"], p["stop"]
+        self.best.value, self.best.stage, self.best.epoch = (state["best"][k] for k in ("value", "stage", "epoch"))
+        for cb, cb_state in zip(self.policies, state["policies"], strict=True):
+            cb.load_state_dict(cb_state)
+        self._resumed_optimizer = state["optimizer"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["loader"] is not None and getattr(self._train_loader, "generator", None) is not None:
+            self._train_loader.generator.set_state(state["rng"]["loader"])
+
+    def fit(self, train_loader: DataLoader, val_loader: DataLoader, *, resume: dict[str, Any] | None = None) -> FitResult:
+        """Run the plan; with `resume` (a `state_dict()` saved at an epoch end), continue from there."""
         torch.manual_seed(self.config.seed)  # dropout and other in-model randomness
+        self._train_loader = train_loader
+        if resume is not None:
+            self._load_state_dict(resume)
+        first_stage = max(self.stage_index, 0)
         self._call("on_fit_start")
         for index, stage in enumerate(self.config.stages):
-            if self.epoch >= self.config.max_epochs:
+            if index < first_stage:
+                continue
+            resuming = resume is not None and index == first_stage
+            if not resuming and self.epoch >= self.config.max_epochs:
                 self.stop = self.stop or "max_epochs"
             if self.stop:
                 break
-            self._run_stage(index, stage, train_loader, val_loader)
+            self._run_stage(index, stage, train_loader, val_loader, resuming=resuming)
         self.stop = self.stop or "completed"
         result = None
-        if self.stop != "cancelled":
+        if self.stop not in INTERRUPTED:
             val_loss, cm = evaluate(self.model, val_loader, num_classes=self.num_classes,
                                     device=self.device, autocast=self.autocast)
             result = {"val_loss": val_loss, **_prefixed(summarize(cm)), "confusion_matrix": cm.tolist()}
         self._call("on_fit_end")
         return FitResult(self.stop, self.epoch, self.best.as_dict(), result)
 
-    def _run_stage(self, index: int, stage: Stage, train_loader: DataLoader, val_loader: DataLoader) -> None:
+    def _run_stage(self, index: int, stage: Stage, train_loader: DataLoader, val_loader: DataLoader, *,
+                   resuming: bool = False) -> None:
         c = self.config
-        self.stage_index, self.end_stage = index, None
-        self.unfrozen += [g for g in stage.unfreeze if g not in self.unfrozen]
+        if not resuming:
+            self.stage_index, self.end_stage, self.epoch_in_stage = index, None, 0
+            self.unfrozen += [g for g in stage.unfreeze if g not in self.unfrozen]
         params = unfreeze(self.groups, self.unfrozen, lr=stage.lr, lr_decay=c.lr_decay,
                           weight_decay=c.weight_decay, train_bn=c.train_bn)
         self.optimizer = torch.optim.AdamW(params)
-        self.emit("stage_started", f"stage {self.stage_number}/{len(c.stages)}: unfreezing {', '.join(stage.unfreeze)}; "
-                  f"training {', '.join(self.unfrozen)}", stage=self.stage_number, unfreeze=list(stage.unfreeze),
-                  unfrozen_groups=list(self.unfrozen), epochs=stage.epochs, lr=group_lrs(self.optimizer))
-        self._call("on_stage_start")
-        for _ in range(stage.epochs):
+        if resuming:
+            self.optimizer.load_state_dict(self._resumed_optimizer)
+        else:
+            self.emit("stage_started", f"stage {self.stage_number}/{len(c.stages)}: unfreezing "
+                      f"{', '.join(stage.unfreeze)}; training {', '.join(self.unfrozen)}", stage=self.stage_number,
+                      unfreeze=list(stage.unfreeze), unfrozen_groups=list(self.unfrozen), epochs=stage.epochs,
+                      lr=group_lrs(self.optimizer))
+            self._call("on_stage_start")
+        while self.epoch_in_stage < stage.epochs and not (self.end_stage or self.stop):
             if self.epoch >= c.max_epochs:
                 self.stop = self.stop or "max_epochs"
                 break
@@ -135,6 +183,7 @@ class Trainer:
             val_loss, cm = evaluate(self.model, val_loader, num_classes=self.num_classes,
                                     device=self.device, autocast=self.autocast)
             self.epoch += 1
+            self.epoch_in_stage += 1
             summary = summarize(cm)
             metrics = {
                 "stage": self.stage_number, "epoch": self.epoch, "unfrozen_groups": list(self.unfrozen),
@@ -145,8 +194,6 @@ class Trainer:
             }
             self.best.update(metrics[c.early_stopping.monitor], stage=self.stage_number, epoch=self.epoch)
             self._call("on_epoch_end", metrics)
-            if self.end_stage or self.stop:
-                break
         self._call("on_stage_end")
 
 

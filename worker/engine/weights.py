@@ -45,11 +45,26 @@ def torchvision_state_dict(arch: str, weights: str, *, allow_download: bool) -> 
 
 
 def replace_head(model: nn.Module, arch: Architecture, num_classes: int) -> None:
-    """Swap the final Linear for a new one with `num_classes` outputs (initialised from the current RNG)."""
+    """Swap the final layer (a Linear, or a Conv2d as in SqueezeNet) for a new one with `num_classes` outputs.
+
+    The new layer is initialised from the current RNG, on the old one's device and dtype (the meta device too).
+    A `num_classes` attribute of the model (SqueezeNet, ViT, Swin) is updated to match.
+    """
     parent_path, _, child = arch.head_layer.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     old = parent.get_submodule(child)
-    setattr(parent, child, nn.Linear(old.in_features, num_classes))
+    like = {"device": old.weight.device, "dtype": old.weight.dtype, "bias": old.bias is not None}
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, **like)
+    elif isinstance(old, nn.Conv2d):
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+                        dilation=old.dilation, padding_mode=old.padding_mode, **like)
+    else:
+        raise TypeError(f"{arch.name}: the head layer '{arch.head_layer}' is a {type(old).__name__}, "
+                        "not a Linear or Conv2d")
+    setattr(parent, child, new)
+    if isinstance(getattr(model, "num_classes", None), int):
+        model.num_classes = num_classes
 
 
 def build_model(
