@@ -17,14 +17,22 @@ class StageSpec(_Strict):
     lr: float | None = Field(None, gt=0, le=10, description="Head learning rate; defaults to strategy.lr.")
 
 
+StrategyType = Literal["gradual", "explicit", "full", "head_only", "lp_ft", "chain_thaw", "auto"]
+Schedule = Literal["constant", "cosine", "one_cycle", "slanted_triangular"]
+
+
 class Strategy(_Strict):
-    type: Literal["gradual", "explicit", "full", "head_only"] = "gradual"
+    type: StrategyType = "gradual"
     epochs_per_stage: int = Field(3, gt=0, le=10_000)
     groups_per_stage: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0, le=10)
     lr_decay: float = Field(2.6, ge=1, description="Group k places below the head trains at lr / lr_decay**k.")
     train_bn: bool = False
     stages: list[StageSpec] | None = None
+    schedule: Schedule = Field("constant", description="Learning-rate schedule within each stage.")
+    warmup_frac: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of a stage (cosine).")
+    finetune_lr: float | None = Field(None, gt=0, le=10, description="lp_ft: head rate of the full stage; "
+                                      "defaults to lr / 10.")
 
     @model_validator(mode="after")
     def _stages_match_type(self) -> "Strategy":
@@ -53,6 +61,14 @@ class Hyperparameters(_Strict):
     image_size: int | None = Field(None, ge=16, le=1024, description="Defaults to the architecture's native size.")
     max_epochs: int = Field(30, gt=0, le=10_000)
     weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only.")
+    nesterov: bool = Field(True, description="sgd only.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the head's input.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    augment: bool = Field(False, description="Random resized crops (scale 0.7-1) on training images.")
+    hflip: bool = Field(False, description="Random horizontal flips on training images (not for digits or text).")
 
 
 class JobRequest(_Strict):

@@ -15,7 +15,8 @@ from models.tables import Job
 from worker.celery import app
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
-from worker.engine.data import ImageFiles, Sample, eval_transform, make_loaders, split_per_class
+from worker.engine.data import Sample, image_datasets, make_loaders, split_per_class
+from worker.engine.regularization import add_head_dropout
 from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.trainer import INTERRUPTED, FitResult, Trainer
 from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, load_model_file,
@@ -80,10 +81,17 @@ def _finish(job_id: str, status: str, message: str, **values: Any) -> None:
 def fit_config(spec: dict[str, Any]) -> FitConfig:
     strategy, hp = spec["strategy"], spec["hyperparameters"]
     return FitConfig(
-        stages=tuple(Stage(tuple(s["unfreeze"]), s["epochs"], s["lr"]) for s in strategy["plan"]),
-        early_stopping=EarlyStoppingConfig(**spec["early_stopping"]),
+        stages=tuple(Stage(tuple(s["unfreeze"]), s["epochs"], s["lr"],
+                           train=None if s.get("train") is None else tuple(s["train"]), auto=s.get("auto", False))
+                     for s in strategy["plan"]),
+        early_stopping=EarlyStoppingConfig(**spec["early_stopping"],
+                                           stop_unfreezing=strategy["type"] != "chain_thaw"),
+        groups_per_stage=strategy["groups_per_stage"],
         lr_decay=strategy["lr_decay"], train_bn=strategy["train_bn"], batch_size=hp["batch_size"],
         max_epochs=hp["max_epochs"], weight_decay=hp["weight_decay"], seed=spec["seed"],
+        schedule=strategy.get("schedule", "constant"), warmup_frac=strategy.get("warmup_frac", 0.1),
+        optimizer=hp.get("optimizer", "adamw"), momentum=hp.get("momentum", 0.9), nesterov=hp.get("nesterov", True),
+        label_smoothing=hp.get("label_smoothing", 0.0), grad_clip=hp.get("grad_clip"),
     )
 
 
@@ -110,10 +118,13 @@ def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult
         mean, std, weights = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"])), None
     model = build_model(arch, num_classes=len(classes), weights=weights, init_state=init_state, seed=config.seed,
                         allow_download=settings.allow_downloads)
+    hp = inputs.spec["hyperparameters"]
+    add_head_dropout(model, arch.head_layer, hp.get("dropout", 0.0))  # a hook: the model file's keys stay the same
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    transform = eval_transform(image_size, mean, std)
-    train_loader, val_loader = make_loaders(ImageFiles(train_samples, transform), ImageFiles(val_samples, transform),
+    train_set, val_set = image_datasets(train_samples, val_samples, image_size=image_size, mean=mean, std=std,
+                                        augment=hp.get("augment", False), hflip=hp.get("hflip", False))
+    train_loader, val_loader = make_loaders(train_set, val_set,
                                             batch_size=config.batch_size, seed=config.seed,
                                             workers=settings.loader_workers, pin_memory=device.type == "cuda")
     checkpoint = checkpoint_path(inputs.job_id)

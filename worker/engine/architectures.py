@@ -54,9 +54,9 @@ def _resnet(name: str, family: str) -> Architecture:
     return _arch(name, family, groups, "fc")
 
 
-# MobileNets' `features` grouped by output stride: 1/2, 1/4, 1/8, 1/16, 1/32 (the last 1x1 conv included); the
-# head is the whole classifier (for v3 the pretrained hidden layer, and the new layer to classes).
 def _mobilenet(name: str, family: str, stages: tuple[range, ...], head_layer: str) -> Architecture:
+    """`features` by output stride: 1/2, 1/4, 1/8, 1/16, 1/32 (the last 1x1 conv included); the head is the whole
+    classifier (for v3 its pretrained hidden layer, and the new layer to classes)."""
     groups = (("stem", _seq("features", stages[0])),
               *((f"stage{k}", _seq("features", r)) for k, r in enumerate(stages[1:], start=1)),
               ("head", ("classifier",)))
@@ -212,7 +212,7 @@ class _IntegersOnCpu(TorchFunctionMode):
 
 def meta_model(arch: Architecture, **kwargs: Any) -> nn.Module:
     """The architecture's torchvision model with its parameters on the meta device: every shape and parameter
-    count, but no memory and no initialisation, so even vit_h_14 builds in milliseconds."""
+    count, but no memory and no initialisation, so even vit_h_14 builds in a fraction of a second."""
     with torch.device("meta"), _IntegersOnCpu():
         return torchvision.models.get_model(arch.name, weights=None, **dict(arch.builder_kwargs), **kwargs)
 

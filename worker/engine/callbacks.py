@@ -108,7 +108,7 @@ class EarlyStopping(Callback):
     def on_stage_end(self, trainer: Trainer) -> None:
         stop, reason = unfreezing_should_stop(stage_index=trainer.stage_index, improved_in_stage=self.improved_in_stage,
                                               stages_left=trainer.stages_left)
-        if stop and trainer.stop is None:
+        if stop and self.config.stop_unfreezing and trainer.stop is None:
             trainer.stop = reason
             trainer.emit("unfreezing_stopped", f"stage {trainer.stage_number} did not improve {self.config.monitor} "
                          f"on the stages before it; unfreezing stops and the best model is kept",

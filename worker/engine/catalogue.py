@@ -10,6 +10,9 @@ import torchvision
 from worker.engine.architectures import ARCHITECTURES, Architecture, layer_groups, meta_model
 
 
+FIXED_SIZE_FAMILIES = ("vit", "maxvit")
+
+
 def describe(arch: Architecture) -> dict:
     """The architecture as the API serves it; the model is built on the meta device (no memory, no weights)."""
     model = meta_model(arch)
@@ -18,6 +21,8 @@ def describe(arch: Architecture) -> dict:
         "name": arch.name,
         "family": arch.family,
         "image_size": arch.image_size,
+        # Position embeddings (ViT) and window partitions (MaxViT) fix the input size.
+        "fixed_image_size": arch.family in FIXED_SIZE_FAMILIES,
         "groups": [
             {"name": g.name, "modules": list(paths), "params": sum(p.numel() for p in g.parameters())}
             for g, (_, paths) in zip(layer_groups(model, arch), arch.groups, strict=True)

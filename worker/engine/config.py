@@ -5,11 +5,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Stage:
-    """One unfreezing stage: the groups it adds, its epoch budget and the head's learning rate."""
+    """One unfreezing stage: the groups it adds, its epoch budget and the rate of its top trained group.
+
+    `train` is the exact set trained in the stage (None: every group unfrozen so far); an `auto` stage
+    picks the groups it adds when it starts, from their relative gradient norms.
+    """
 
     unfreeze: tuple[str, ...]
     epochs: int
     lr: float
+    train: tuple[str, ...] | None = None
+    auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class EarlyStoppingConfig:
     mode: str = "min"
     patience: int = 2
     min_delta: float = 0.0
+    stop_unfreezing: bool = True  # end the plan when a whole stage fails to improve (not for chain-thaw)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,15 @@ class FitConfig:
     max_epochs: int = 30
     weight_decay: float = 1e-4
     seed: int = 0
+    schedule: str = "constant"  # per-stage learning-rate schedule, see schedules.SCHEDULES
+    warmup_frac: float = 0.1  # cosine: the share of each stage's steps spent warming up
+    optimizer: str = "adamw"  # or "sgd"
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only (and only with momentum > 0)
+    label_smoothing: float = 0.0  # training loss only
+    grad_clip: float | None = None  # max total gradient norm of the trainable parameters
+    groups_per_stage: int = 1  # auto: how many groups each decision unfreezes
+    probe_batches: int = 4  # auto: training batches over which gradient norms are measured
 
     @property
     def planned_epochs(self) -> int:

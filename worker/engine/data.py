@@ -38,6 +38,18 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     ])
 
 
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *, augment: bool = False,
+                    hflip: bool = False) -> transforms.Compose:
+    """The training images' preprocessing: with `augment`, a random resized crop (scale 0.7-1, the aspect ratio
+    3/4-4/3) in place of the centre crop; with `hflip`, a random horizontal flip; otherwise `eval_transform`."""
+    if not (augment or hflip):
+        return eval_transform(image_size, mean, std)
+    crop = ([transforms.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True)] if augment
+            else [transforms.Resize(image_size, antialias=True), transforms.CenterCrop(image_size)])
+    flip = [transforms.RandomHorizontalFlip()] if hflip else []
+    return transforms.Compose([*crop, *flip, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
 class ImageFiles(Dataset):
     """Decodes each image when it is read, as RGB."""
 
@@ -52,6 +64,13 @@ class ImageFiles(Dataset):
         sample = self.samples[i]
         with Image.open(sample.path) as img:
             return self.transform(img.convert("RGB")), sample.label
+
+
+def image_datasets(train: Sequence[Sample], val: Sequence[Sample], *, image_size: int, mean: Sequence[float],
+                   std: Sequence[float], augment: bool = False, hflip: bool = False) -> tuple[ImageFiles, ImageFiles]:
+    """Training images through `train_transform` (augmented as asked), validation images through `eval_transform`."""
+    return (ImageFiles(train, train_transform(image_size, mean, std, augment=augment, hflip=hflip)),
+            ImageFiles(val, eval_transform(image_size, mean, std)))
 
 
 def make_loaders(train: Dataset, val: Dataset, *, batch_size: int, seed: int, workers: int = 0,

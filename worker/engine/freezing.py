@@ -10,10 +10,13 @@ from worker.engine.architectures import LayerGroup
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def discriminative_lr(groups: Sequence[LayerGroup], name: str, *, lr: float, lr_decay: float) -> float:
-    """The head gets `lr`; the group k places below the head gets `lr / lr_decay**k`."""
-    k = len(groups) - 1 - [g.name for g in groups].index(name)
-    return lr / lr_decay**k
+def discriminative_lr(groups: Sequence[LayerGroup], name: str, *, lr: float, lr_decay: float,
+                      top: str | None = None) -> float:
+    """The top trained group (the head, unless a group trains alone) gets `lr`; the group k places below it
+    gets `lr / lr_decay**k`."""
+    names = [g.name for g in groups]
+    k = names.index(top or names[-1]) - names.index(name)
+    return lr / lr_decay**max(k, 0)
 
 
 def _norm_params(group: LayerGroup) -> list[nn.Parameter]:
@@ -35,6 +38,7 @@ def unfreeze(
     normalization weights get no weight decay. Each optimizer group is tagged with its layer group's name.
     """
     param_groups: list[dict] = []
+    top = max(unfrozen, key=[g.name for g in groups].index) if unfrozen else None
     for group in groups:
         params = group.parameters() if group.name in unfrozen else (_norm_params(group) if train_bn else [])
         trainable = {id(p) for p in params}
@@ -42,8 +46,9 @@ def unfreeze(
             p.requires_grad_(id(p) in trainable)
         if not params:
             continue
-        group_lr = discriminative_lr(groups, group.name, lr=lr, lr_decay=lr_decay)
-        no_decay_ids = {id(p) for p in _norm_params(group)}
+        group_lr = discriminative_lr(groups, group.name, lr=lr, lr_decay=lr_decay, top=top)
+        # Biases, normalization weights and free-standing tensors (ViT's class token, position embedding).
+        no_decay_ids = {id(p) for p in [*_norm_params(group), *group.tensors]}
         decay = [p for p in params if p.ndim > 1 and id(p) not in no_decay_ids]
         no_decay = [p for p in params if p.ndim <= 1 or id(p) in no_decay_ids]
         for subset, wd in ((decay, weight_decay), (no_decay, 0.0)):

@@ -9,6 +9,12 @@ def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: in
     return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
+def top_k_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """How many rows of `logits` rank their target among their `k` highest scores (ties by `topk`'s order)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == targets.to(torch.int64).unsqueeze(1)).any(1).sum()
+
+
 def summarize(cm: torch.Tensor) -> dict:
     """Accuracy, macro precision/recall/F1, and the same per class (0 where a class has no support)."""
     cm = cm.to(torch.float64)

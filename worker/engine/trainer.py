@@ -3,7 +3,7 @@
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -12,11 +12,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from worker.engine.architectures import LayerGroup
+from worker.engine.auto import pick, relative_grad_norms
 from worker.engine.callbacks import BestWeights, Callback, EarlyStopping, improves
 from worker.engine.config import FitConfig, Stage
 from worker.engine.freezing import group_lrs, set_train_mode, unfreeze
 from worker.engine.loop import evaluate, train_one_epoch
 from worker.engine.metrics import summarize
+from worker.engine.optim import make_optimizer
+from worker.engine.schedules import make_scheduler
 
 
 # Stop reasons that end a fit mid-epoch, with no final model: a user's cancel, or another worker owning the job.
@@ -75,10 +78,13 @@ class Trainer:
         self.stage_index = -1
         self.epoch = 0
         self.epoch_in_stage = 0
-        self.unfrozen: list[str] = []
+        self.unfrozen: list[str] = []  # every group unfrozen so far, in the order they were
+        self.training: list[str] = []  # the groups the current stage trains
         self._train_loader: DataLoader | None = None
         self._resumed_optimizer: dict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._resumed_scheduler: dict | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # the stage's per-batch schedule
         self.end_stage: str | None = None  # set by a callback to end the current stage
         self.stop: str | None = None  # set by a callback (or the budget) to end the fit, with the reason
 
@@ -97,6 +103,21 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def _decide(self, stage: Stage, train_loader: DataLoader) -> list[str]:
+        """Auto stages: measure the frozen groups' relative gradient norms and pick the highest."""
+        frozen = [g.name for g in self.groups if g.name not in self.unfrozen]
+        if not frozen:
+            return []
+        scores = relative_grad_norms(self.model, self.groups, frozen, train_loader, batches=self.config.probe_batches,
+                                     device=self.device, autocast=self.autocast)
+        chosen = pick(scores, self.config.groups_per_stage)
+        self.emit("unfreeze_decision", f"stage {self.stage_number}: unfreezing {', '.join(chosen)}, the highest "
+                  f"relative gradient norm of {len(frozen)} frozen group(s) "
+                  f"({', '.join(f'{n} {scores[n]:.3g}' for n in chosen)})",
+                  stage=self.stage_number, chosen=chosen, relative_grad_norm=scores,
+                  probe_batches=self.config.probe_batches)
+        return chosen
+
     def _after_batch(self) -> bool:
         self._call("on_batch_end")
         return self.stop in INTERRUPTED
@@ -107,8 +128,10 @@ class Trainer:
         return {
             "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "progress": {"stage_index": self.stage_index, "epoch": self.epoch, "epoch_in_stage": self.epoch_in_stage,
-                         "unfrozen": list(self.unfrozen), "end_stage": self.end_stage, "stop": self.stop},
+                         "unfrozen": list(self.unfrozen), "training": list(self.training),
+                         "end_stage": self.end_stage, "stop": self.stop},
             "best": self.best.as_dict(),
             "policies": [cb.state_dict() for cb in self.policies],
             "rng": {"torch": torch.get_rng_state(), "loader": loader_gen.get_state() if loader_gen else None},
@@ -118,11 +141,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         p = state["progress"]
         self.stage_index, self.epoch, self.epoch_in_stage = p["stage_index"], p["epoch"], p["epoch_in_stage"]
-        self.unfrozen, self.end_stage, self.stop = list(p["unfrozen"]), p["end_stage"], p["stop"]
+        self.unfrozen, self.training = list(p["unfrozen"]), list(p["training"])
+        self.end_stage, self.stop = p["end_stage"], p["stop"]
         self.best.value, self.best.stage, self.best.epoch = (state["best"][k] for k in ("value", "stage", "epoch"))
         for cb, cb_state in zip(self.policies, state["policies"], strict=True):
             cb.load_state_dict(cb_state)
         self._resumed_optimizer = state["optimizer"]
+        self._resumed_scheduler = state.get("scheduler")  # absent from checkpoints of constant-rate fits
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["loader"] is not None and getattr(self._train_loader, "generator", None) is not None:
             self._train_loader.generator.set_state(state["rng"]["loader"])
@@ -147,9 +172,10 @@ class Trainer:
         self.stop = self.stop or "completed"
         result = None
         if self.stop not in INTERRUPTED:
-            val_loss, cm = evaluate(self.model, val_loader, num_classes=self.num_classes,
-                                    device=self.device, autocast=self.autocast)
-            result = {"val_loss": val_loss, **_prefixed(summarize(cm)), "confusion_matrix": cm.tolist()}
+            val_loss, cm, top5 = evaluate(self.model, val_loader, num_classes=self.num_classes,
+                                          device=self.device, autocast=self.autocast, top5=True)
+            result = {"val_loss": val_loss, **_prefixed(summarize(cm)),
+                      **({"val_top5_accuracy": top5} if top5 is not None else {}), "confusion_matrix": cm.tolist()}
         self._call("on_fit_end")
         return FitResult(self.stop, self.epoch, self.best.as_dict(), result)
 
@@ -158,26 +184,38 @@ class Trainer:
         c = self.config
         if not resuming:
             self.stage_index, self.end_stage, self.epoch_in_stage = index, None, 0
-            self.unfrozen += [g for g in stage.unfreeze if g not in self.unfrozen]
-        params = unfreeze(self.groups, self.unfrozen, lr=stage.lr, lr_decay=c.lr_decay,
+            added = self._decide(stage, train_loader) if stage.auto else list(stage.unfreeze)
+            if stage.auto and not added:
+                return  # nothing left to unfreeze
+            self.unfrozen += [g for g in added if g not in self.unfrozen]
+            self.training = list(stage.train) if stage.train is not None else list(self.unfrozen)
+            stage = replace(stage, unfreeze=tuple(added))
+        params = unfreeze(self.groups, self.training, lr=stage.lr, lr_decay=c.lr_decay,
                           weight_decay=c.weight_decay, train_bn=c.train_bn)
-        self.optimizer = torch.optim.AdamW(params)
+        self.optimizer = make_optimizer(c.optimizer, params, momentum=c.momentum, nesterov=c.nesterov)
+        # Built before the saved states load: the scheduler sets the rates, then both states restore them.
+        self.scheduler = make_scheduler(self.optimizer, c.schedule, total_steps=stage.epochs * len(train_loader),
+                                        warmup_frac=c.warmup_frac)
         if resuming:
             self.optimizer.load_state_dict(self._resumed_optimizer)
+            if self._resumed_scheduler is not None:
+                self.scheduler.load_state_dict(self._resumed_scheduler)
         else:
             self.emit("stage_started", f"stage {self.stage_number}/{len(c.stages)}: unfreezing "
-                      f"{', '.join(stage.unfreeze)}; training {', '.join(self.unfrozen)}", stage=self.stage_number,
-                      unfreeze=list(stage.unfreeze), unfrozen_groups=list(self.unfrozen), epochs=stage.epochs,
-                      lr=group_lrs(self.optimizer))
+                      f"{', '.join(stage.unfreeze) or 'nothing new'}; training {', '.join(self.training)}",
+                      stage=self.stage_number, unfreeze=list(stage.unfreeze), unfrozen_groups=list(self.training),
+                      epochs=stage.epochs,
+                      lr={g["name"]: g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups})
             self._call("on_stage_start")
         while self.epoch_in_stage < stage.epochs and not (self.end_stage or self.stop):
             if self.epoch >= c.max_epochs:
                 self.stop = self.stop or "max_epochs"
                 break
             started = time.perf_counter()
-            set_train_mode(self.model, self.groups, self.unfrozen, train_bn=c.train_bn)
+            set_train_mode(self.model, self.groups, self.training, train_bn=c.train_bn)
             stats = train_one_epoch(self.model, train_loader, self.optimizer, device=self.device,
-                                    autocast=self.autocast, should_stop=self._after_batch)
+                                    autocast=self.autocast, should_stop=self._after_batch, scheduler=self.scheduler,
+                                    label_smoothing=c.label_smoothing, grad_clip=c.grad_clip)
             if stats.interrupted:
                 return
             val_loss, cm = evaluate(self.model, val_loader, num_classes=self.num_classes,
@@ -186,7 +224,7 @@ class Trainer:
             self.epoch_in_stage += 1
             summary = summarize(cm)
             metrics = {
-                "stage": self.stage_number, "epoch": self.epoch, "unfrozen_groups": list(self.unfrozen),
+                "stage": self.stage_number, "epoch": self.epoch, "unfrozen_groups": list(self.training),
                 "lr": group_lrs(self.optimizer), "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                 "val_loss": val_loss, "val_accuracy": summary["accuracy"], "val_precision": summary["precision"],
                 "val_recall": summary["recall"], "val_f1": summary["f1"],

@@ -82,15 +82,16 @@ def build_model(
     e.g. an earlier job's model), or from random initialisation when both are None.
     """
     torch.manual_seed(seed)
+    built = dict(arch.builder_kwargs)  # e.g. ViT's image size, fixed by its position embedding
     if init_state is not None:
         head_weight = init_state[f"{arch.head_layer}.weight"]
-        model = torchvision.models.get_model(arch.name, weights=None, num_classes=head_weight.shape[0])
+        model = torchvision.models.get_model(arch.name, weights=None, num_classes=head_weight.shape[0], **built)
         model.load_state_dict(init_state)
     elif weights is not None:
-        model = torchvision.models.get_model(arch.name, weights=None)
+        model = torchvision.models.get_model(arch.name, weights=None, **built)
         model.load_state_dict(torchvision_state_dict(arch.name, weights, allow_download=allow_download))
     else:
-        model = torchvision.models.get_model(arch.name, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(arch.name, weights=None, num_classes=num_classes, **built)
         return model
     torch.manual_seed(seed)
     replace_head(model, arch, num_classes)
