@@ -1,24 +1,22 @@
-"""The FastAPI application: routers, the single error body, and the streaming upload limit."""
+"""The FastAPI application: routers, the single error body, authentication and the streaming upload limit."""
 
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import datasets, jobs, models_catalogue
+from api.auth import Authenticate
+from api.deps import error_response
 from api.schemas import ErrorBody
 from models.errors import ServiceError
 from models.settings import get_settings
 
 log = logging.getLogger("unfreeze.api")
-
-
-def _error(status: int, type_: str, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(ServiceError(status, type_, message, param).body(), status_code=status, headers=headers)
 
 
 class UploadLimit:
@@ -36,7 +34,7 @@ class UploadLimit:
                    "split the dataset or raise the limit")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            return await _error(413, "payload_too_large", message, "file")(scope, receive, send)
+            return await error_response(413, "payload_too_large", message, "file")(scope, receive, send)
         received = 0
         exceeded = False
 
@@ -59,11 +57,11 @@ class UploadLimit:
             if not exceeded:
                 raise
         if exceeded:
-            await _error(413, "payload_too_large", message, "file")(scope, receive, send)
+            await error_response(413, "payload_too_large", message, "file")(scope, receive, send)
 
 
 def _param(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "header")]
     text = ".".join(parts).replace(".[", "[")
     return text or None
 
@@ -96,28 +94,38 @@ def create_app() -> FastAPI:
             msg = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more problem(s))"
-        return _error(422, "invalid_request_error", msg, param)
+        return error_response(422, "invalid_request_error", msg, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
-        return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unusable_value(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value from the request, such as a NUL character in an id.
+        reason = str(exc.orig).splitlines()[0]
+        return error_response(422, "invalid_request_error", f"a value in the request cannot be used ({reason}); "
+                              "remove control characters such as NUL")
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
-        return _error(503, "service_unavailable", "the database is unavailable; retry in a few seconds",
+        return error_response(503, "service_unavailable", "the database is unavailable; retry in a few seconds",
                       headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return _error(503, "service_unavailable", "the database connection was lost; retry",
+            return error_response(503, "service_unavailable", "the database connection was lost; retry",
                           headers={"Retry-After": "2"})
-        return _error(500, "internal_error", "the server failed to handle this request; it has been logged")
+        return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
 
-    app.add_middleware(UploadLimit, max_bytes=get_settings().max_upload_bytes)
+    settings = get_settings()
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    # Added last, so it runs first: keys and rate limits are checked before any body is read.
+    app.add_middleware(Authenticate, required=settings.auth, writes_per_minute=settings.rate_limit_per_minute)
     return app
 
 

@@ -41,8 +41,10 @@ class DatasetOut(_Out):
 class PlanStage(BaseModel):
     stage: int
     unfreeze: list[str]
+    train: list[str] | None = None  # None for an auto stage: chosen while the job runs
     epochs: int
     lr: float
+    auto: bool = False
 
 
 class StrategyOut(BaseModel):
@@ -53,6 +55,9 @@ class StrategyOut(BaseModel):
     lr_decay: float
     train_bn: bool
     stages: list[dict[str, Any]] | None
+    schedule: str = "constant"
+    warmup_frac: float = 0.1
+    finetune_lr: float | None = None
     plan: list[PlanStage]
 
 
@@ -137,6 +142,7 @@ class ModelOut(BaseModel):
     name: str
     family: str
     image_size: int
+    fixed_image_size: bool = False
     groups: list[GroupOut]
     head_layer: str
     weights: list[str]
@@ -151,3 +157,23 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+_ERRORS = {
+    400: ("The upload is not a usable dataset archive; the message says why", {}),
+    401: ("No API key, or an unknown or revoked one", {"WWW-Authenticate": "Bearer"}),
+    404: ("No such item for this tenant (another tenant's items are never visible)", {}),
+    409: ("A state conflict, or an Idempotency-Key reused with another request or still in progress", {}),
+    413: ("The request body is over UNFREEZE_MAX_UPLOAD_BYTES", {}),
+    422: ("Invalid request; `param` names the offending field", {}),
+    429: ("Too many write requests with this API key; retry after Retry-After seconds", {"Retry-After": "seconds"}),
+    503: ("The database or the job queue is unreachable; nothing was stored, retry", {"Retry-After": "seconds"}),
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the single error body."""
+    return {status: {"model": ErrorBody, "description": _ERRORS[status][0],
+                     "headers": {name: {"description": text, "schema": {"type": "string"}}
+                                 for name, text in _ERRORS[status][1].items()}}
+            for status in statuses}

@@ -22,12 +22,24 @@ VAR = Path(os.environ.get("UNFREEZE_DEMO_VAR", "var/demo")).resolve()
 FAST = {"image_size": 32, "batch_size": 32}
 
 
-def start_stack(port: int) -> subprocess.Popen:
+def stack_env(port: int) -> dict[str, str]:
+    """The demo's private embedded stack: SQLite and a filesystem broker under VAR."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env.update(UNFREEZE_VAR=str(VAR), PORT=str(port), PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_stack(env: dict[str, str]) -> subprocess.Popen:
     log = (VAR / "stack.log").open("w")
     return subprocess.Popen([sys.executable, "-m", "scripts.serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def new_key(env: dict[str, str]) -> str:
+    """An API key of the tenant "demo", made as the README makes one (the key is the last line printed)."""
+    run = subprocess.run([sys.executable, "-m", "api.keys", "create", "--tenant", "demo"], env=env,
+                         capture_output=True, text=True, check=True)
+    return run.stdout.strip().splitlines()[-1]
 
 
 def wait_healthy(client: httpx.Client, proc: subprocess.Popen) -> None:
@@ -86,11 +98,14 @@ def main() -> int:
     source, target = write_samples(VAR)
 
     port = int(os.environ.get("PORT", "8000"))
-    stack = start_stack(port)
+    env = stack_env(port)
+    stack = start_stack(env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             wait_healthy(client, stack)
-            print(f"stack up on http://127.0.0.1:{port} (embedded SQLite + filesystem broker in {VAR})")
+            client.headers["Authorization"] = f"Bearer {new_key(env)}"
+            print(f"stack up on http://127.0.0.1:{port} (embedded SQLite + filesystem broker in {VAR}), "
+                  "with an API key of the tenant 'demo'")
             src = upload(client, source, "digits 0-4")
             tgt = upload(client, target, "digits 5-9, 30 per class")
 
@@ -112,7 +127,8 @@ def main() -> int:
                            "2/2 gradual unfreezing of that model on digits 5-9 (30 images per class)")
             print_table([("base, digits 0-4 (from scratch)", base), ("fine-tuned, digits 5-9 (gradual)", tuned)])
             ok = all(j["status"] == "succeeded" for j in (base, tuned))
-            print(f"\nmodel file: curl -o model.safetensors http://127.0.0.1:{port}/v1/jobs/{tuned['id']}/model")
+            print(f"\nmodel file: curl -H 'Authorization: Bearer <key>' -o model.safetensors "
+                  f"http://127.0.0.1:{port}/v1/jobs/{tuned['id']}/model")
             print(f"demo finished in {time.monotonic() - started:.0f}s")
             return 0 if ok else 1
     finally:

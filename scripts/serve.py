@@ -1,7 +1,8 @@
 """`make run`: the API and one worker in the foreground, stopped together (Ctrl-C stops both).
 
 Without DATABASE_URL and CELERY_BROKER_URL this is the embedded default: SQLite and a filesystem broker
-under UNFREEZE_VAR (./var), no servers needed.
+under UNFREEZE_VAR (./var), no servers needed. There, with authentication on, every start creates an API key
+of the tenant "local" and prints it.
 """
 
 import os
@@ -10,7 +11,25 @@ import subprocess
 import sys
 import time
 
-from models.settings import get_settings
+from api.keys import create_key
+from models.db import session_scope
+from models.settings import Settings, get_settings
+
+
+def print_access(settings: Settings) -> None:
+    """How to authenticate: on the embedded default, a fresh key of the tenant "local"."""
+    if not settings.auth:
+        print("unfreeze: authentication is off (UNFREEZE_AUTH=off); every request is the tenant local's", flush=True)
+        return
+    if not settings.embedded:
+        print("unfreeze: requests need an API key: `python -m api.keys create --tenant NAME` makes one", flush=True)
+        return
+    with session_scope() as session:
+        row, key = create_key(session, tenant="local")
+    print(f"unfreeze: API key {row.id} of the tenant 'local', new at this start "
+          "(`python -m api.keys list` and `revoke` manage keys):", flush=True)
+    print(f"  {key}", flush=True)
+    print(f"  curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{settings.port}/v1/models", flush=True)
 
 
 def main() -> int:
@@ -20,6 +39,7 @@ def main() -> int:
     subprocess.run([os.path.join(bin_dir, "alembic"), "upgrade", "head"], check=True)
     mode = "embedded (SQLite + filesystem broker under %s)" % settings.var_dir if settings.embedded else "servers"
     print(f"unfreeze: {mode}; API on http://127.0.0.1:{settings.port}", flush=True)
+    print_access(settings)
     procs = [
         subprocess.Popen([os.path.join(bin_dir, "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
                           "-Q", settings.queue, "--without-mingle", "--without-gossip"]),

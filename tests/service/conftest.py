@@ -1,5 +1,5 @@
 """The real stack for integration tests: a fresh Postgres database, Redis, a `celery worker` process and
-the API served by uvicorn, all started once per test session."""
+the API served by uvicorn, all started once per test session, with an API key of the tenant "tests"."""
 
 import os
 import shutil
@@ -16,12 +16,17 @@ import httpx
 import psycopg
 import pytest
 import redis
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from api.keys import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 UPLOAD_LIMIT = 3 * 1024 * 1024
+RATE_LIMIT = 100_000  # writes per key per minute: never reached by the suite (test_tenants tests a small one)
 
 
 def free_port() -> int:
@@ -63,6 +68,7 @@ class Stack:
     storage: Path
     worker_log: Path
     api_log: Path
+    key: str  # of the tenant "tests", created with `python -m api.keys create`
 
 
 def _check_services() -> None:
@@ -110,18 +116,20 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         "UNFREEZE_STORAGE": str(tmp / "storage"),
         "UNFREEZE_VAR": str(tmp / "var"),
         "UNFREEZE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "UNFREEZE_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
         "TORCH_HOME": str(tmp / "torch"),
         "PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
     subprocess.run([BIN / "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
+    key = new_key_with_cli(env, "tests")
     worker_log, api_log = tmp / "worker.log", tmp / "api.log"
     worker = start_worker(env, worker_log)
     api = subprocess.Popen([BIN / "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
                            cwd=ROOT, env=env, stdout=api_log.open("w"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", api, api_log)
-        yield Stack(f"http://127.0.0.1:{port}", env, database_url, tmp / "storage", worker_log, api_log)
+        yield Stack(f"http://127.0.0.1:{port}", env, database_url, tmp / "storage", worker_log, api_log, key)
     finally:
         stop(api)
         stop(worker)
@@ -131,10 +139,63 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def new_key_with_cli(env: dict[str, str], tenant: str) -> str:
+    """A new API key for `tenant`, made by `python -m api.keys create`, which prints it as its last line."""
+    run = subprocess.run([sys.executable, "-m", "api.keys", "create", "--tenant", tenant], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    return run.stdout.strip().splitlines()[-1]
+
+
+def new_key(stack: Stack, tenant: str) -> str:
+    """A new API key for `tenant` (created if needed), made directly in the stack's database."""
+    engine = create_engine(stack.database_url)
+    try:
+        with Session(engine) as session:
+            _, key = create_key(session, tenant=tenant)
+            session.commit()
+    finally:
+        engine.dispose()
+    return key
+
+
+def authed(url: str, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, timeout=120, headers=headers)
+
+
 @pytest.fixture(scope="session")
 def client(stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.url, timeout=120) as c:
+    """Sends the key of the tenant "tests"."""
+    with authed(stack.url, stack.key) as c:
         yield c
+
+
+@pytest.fixture
+def tenant_client(stack) -> Iterator:
+    """Makes clients of other tenants: `tenant_client("name")` is an httpx.Client with a new key of "name"."""
+    clients: list[httpx.Client] = []
+
+    def make(tenant: str) -> httpx.Client:
+        clients.append(authed(stack.url, new_key(stack, tenant)))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Another API process (uvicorn) with `env`, e.g. the stack's with other settings; returns it and its URL."""
+    port = free_port()
+    proc = subprocess.Popen([BIN / "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env={**env, "PORT": str(port)}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", proc, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
 
 
 def upload(client: httpx.Client, path: Path, **form) -> httpx.Response:

@@ -146,6 +146,8 @@ BAD_JOBS = [
     ("unknown-field", {"stratgy": {}}, 422, "unknown field 'stratgy'", "stratgy"),
     ("unknown-weights", {"weights": "IMAGENET9K"}, 422, "unknown weights 'IMAGENET9K'", "weights"),
     ("weights-of-missing-job", {"weights": "job:job_nope"}, 422, "no job with that id", "weights"),
+    ("vit-custom-image-size", {"base_model": "vit_b_16", "hyperparameters": {"image_size": 64}}, 422,
+     "only takes 224x224", "hyperparameters.image_size"),
     ("unknown-dataset", {"dataset_id": "ds_missing"}, 404, "no dataset with id 'ds_missing'", "dataset_id"),
 ]
 
@@ -167,3 +169,27 @@ def test_unknown_ids_and_cursors(client):
     assert_error(client.get("/v1/jobs", params={"after": "job_missing"}), 422, "earlier page", "after")
     assert_error(client.get("/v1/jobs", params={"status": "sleeping"}), 422, param="status")
     assert_error(client.get("/v1/nowhere"), 404)
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/a%00b", "/v1/datasets/a%00b", "/v1/jobs/a%00b/events",
+                                  "/v1/jobs?after=a%00b", "/v1/datasets?after=a%00b"],
+                         ids=["job", "dataset", "events", "jobs-after", "datasets-after"])
+def test_nul_characters_are_refused_not_a_server_error(client, path):
+    assert_error(client.get(path), 422, "NUL")
+
+
+def test_nul_characters_in_a_job_request_are_refused(client, small_dataset):
+    assert_error(client.post("/v1/jobs", json={"dataset_id": "ds_\x00", "base_model": "resnet18"}), 422, "NUL")
+    assert_error(client.post("/v1/jobs", json={"dataset_id": small_dataset, "base_model": "resnet18",
+                                               "weights": "job:\x00"}), 422, "NUL")
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999", "\u00b2", "-1"],
+                         ids=["out-of-range", "superscript", "negative"])
+def test_bad_metric_and_event_cursors(client, small_dataset, after):
+    job = client.post("/v1/jobs", json={"dataset_id": small_dataset, "base_model": "resnet18", "weights": None,
+                                        "strategy": {"type": "head_only", "epochs_per_stage": 1},
+                                        "hyperparameters": {"image_size": 16}}).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    for rows in ("metrics", "events"):
+        assert_error(client.get(f"/v1/jobs/{job['id']}/{rows}", params={"after": after}), 422, "earlier page", "after")

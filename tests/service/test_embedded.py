@@ -1,7 +1,9 @@
-"""`make run` with no DATABASE_URL or CELERY_BROKER_URL: SQLite and a filesystem broker, no servers."""
+"""`make run` with no DATABASE_URL or CELERY_BROKER_URL: SQLite and a filesystem broker, no servers, and a
+printed API key of the tenant "local"."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -10,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from scripts.digits import archive_members, digit_images, write_archive
-from tests.service.conftest import ROOT, free_port, wait_for, wait_http
+from tests.service.conftest import ROOT, authed, free_port, wait_for, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def embedded(tmp_path_factory):
                             start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout=120)
-        yield f"http://127.0.0.1:{port}", tmp
+        yield f"http://127.0.0.1:{port}", tmp, log
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -33,11 +35,23 @@ def embedded(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def printed_key(log) -> str:
+    printed = re.search(r"^  (ufz_\S+)$", log.read_text(), re.M)
+    assert printed, f"make run prints a key of the tenant 'local':\n{log.read_text()[-2000:]}"
+    return printed.group(1)
+
+
+def test_make_run_prints_a_key_and_needs_it(embedded):
+    url, _, log = embedded
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert f"curl -H 'Authorization: Bearer {printed_key(log)}' {url}/v1/models" in log.read_text()
+
+
 def test_make_run_serves_the_whole_flow_without_servers(embedded):
-    url, tmp = embedded
+    url, tmp, log = embedded
     archive = write_archive(tmp / "two-digits.zip", archive_members(
         {k: v[:20] for k, v in digit_images([0, 1]).items()}))
-    with httpx.Client(base_url=url, timeout=60) as client, archive.open("rb") as f:
+    with authed(url, printed_key(log)) as client, archive.open("rb") as f:
         dataset = client.post("/v1/datasets", files={"file": (archive.name, f)}).json()
         assert dataset["classes"] == ["0", "1"], dataset
         job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "resnet18", "weights": None,

@@ -197,7 +197,8 @@ def test_listings_paginate_newest_first(client, target_archive):
     assert client.get(f"/v1/datasets/{ids[0]}").json()["id"] == ids[0]
 
     jobs = [create_job(client, dataset_id=ids[0], base_model="resnet18", weights=None,
-                       hyperparameters={"max_epochs": 1, **FAST}) for _ in range(2)]
+                       strategy={"type": "full", "epochs_per_stage": 500},
+                       early_stopping={"patience": 500}, hyperparameters={"max_epochs": 500, **FAST}) for _ in range(2)]
     for j in jobs:
         client.post(f"/v1/jobs/{j['id']}/cancel")
     for j in jobs:  # an idle worker may have started one: it then ends at its next batch
