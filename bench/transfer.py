@@ -27,9 +27,10 @@ from models.plan import resolve_plan
 from models.spec import EarlyStopping, Hyperparameters, Strategy
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.callbacks import Callback
-from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
+from worker.engine.regularization import add_head_dropout
 from worker.engine.trainer import Trainer
 from worker.engine.weights import build_model
+from worker.job_config import fit_config
 
 SEEDS = (0, 1, 2)
 BUDGET = 12
@@ -39,13 +40,13 @@ START, END = "<!-- transfer-benchmark -->", "<!-- /transfer-benchmark -->"
 
 # name -> (strategy fields, early-stopping fields); epochs per stage chosen so each plan fits 12 epochs.
 METHODS = {
-    "job defaults (gradual, 3 ep/stage)": ({}, {}),
-    "gradual (2 ep/stage)": ({"type": "gradual", "epochs_per_stage": 2}, {}),
+    "job defaults (gradual, 3 ep/stage, 2 groups/stage)": ({}, {}),
+    "gradual, 1 group/stage (ULMFiT's pace)": ({"type": "gradual", "groups_per_stage": 1}, {}),
     "full": ({"type": "full", "epochs_per_stage": 12}, {}),
     "head_only": ({"type": "head_only", "epochs_per_stage": 12}, {}),
     "lp_ft (6 + 6)": ({"type": "lp_ft", "epochs_per_stage": 6}, {}),
     "chain_thaw (1 ep/step)": ({"type": "chain_thaw", "epochs_per_stage": 1}, {}),
-    "auto (RGN, 2 ep/stage)": ({"type": "auto", "epochs_per_stage": 2}, {}),
+    "auto (RGN, 3 ep/stage, 2 groups/decision)": ({"type": "auto"}, {}),
 }
 
 
@@ -103,28 +104,28 @@ class Accuracies(Callback):
         self.values.append(metrics["val_accuracy"])
 
 
+def job_spec(strategy: dict, early: dict, seed: int) -> dict:
+    """The spec a job would store for these choices, normalized and planned as the API does."""
+    spec = Strategy(**strategy)
+    return {"strategy": {**spec.model_dump(mode="json"), "plan": resolve_plan(spec, list(ARCH.group_names))},
+            "early_stopping": EarlyStopping(**early).model_dump(mode="json"),
+            "hyperparameters": Hyperparameters(batch_size=32, max_epochs=BUDGET, image_size=32).model_dump(mode="json"),
+            "seed": seed}
+
+
 def run_engine(base, x, y, seed: int, strategy: dict, early: dict) -> Run:
     train_idx, val_idx = target_split(y, seed)
-    train = TensorDataset(x[train_idx], y[train_idx] - 5)
-    val = TensorDataset(x[val_idx], y[val_idx] - 5)
-    spec = Strategy(**strategy)
-    es = EarlyStopping(**early)
-    hp = Hyperparameters()
-    plan = resolve_plan(spec, list(ARCH.group_names))
-    config = FitConfig(
-        stages=tuple(Stage(tuple(s["unfreeze"]), s["epochs"], s["lr"],
-                           train=None if s["train"] is None else tuple(s["train"]), auto=s["auto"]) for s in plan),
-        early_stopping=EarlyStoppingConfig(monitor=es.monitor, mode=es.mode, patience=es.patience,
-                                           min_delta=es.min_delta, stop_unfreezing=spec.type != "chain_thaw"),
-        lr_decay=spec.lr_decay, train_bn=spec.train_bn, batch_size=32, max_epochs=BUDGET,
-        weight_decay=hp.weight_decay, seed=seed, groups_per_stage=spec.groups_per_stage)
+    spec = job_spec(strategy, early, seed)
+    config = fit_config(spec)  # the worker's own conversion
     started = time.perf_counter()
     model = build_model(ARCH, num_classes=5, weights=None, init_state=base, seed=seed)
+    add_head_dropout(model, ARCH.head_layer, spec["hyperparameters"]["dropout"])
     accs = Accuracies()
     trainer = Trainer(model=model, groups=layer_groups(model, ARCH), config=config, num_classes=5,
                       device=torch.device("cpu"), callbacks=[accs])
+    train = TensorDataset(x[train_idx], y[train_idx] - 5)
     train_loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    trainer.fit(train_loader, DataLoader(val, batch_size=256))
+    trainer.fit(train_loader, DataLoader(TensorDataset(x[val_idx], y[val_idx] - 5), batch_size=256))
     return Run(max(accs.values), len(accs.values), time.perf_counter() - started)
 
 

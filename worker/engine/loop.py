@@ -76,12 +76,9 @@ def evaluate(
     num_classes: int,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
-    top5: bool = False,
-) -> tuple[float, torch.Tensor] | tuple[float, torch.Tensor, float | None]:
-    """Mean cross-entropy loss and the confusion matrix over `loader`, in eval mode.
-
-    With `top5`, a third value: the top-5 accuracy, or None where there are 5 classes or fewer.
-    """
+) -> tuple[float, torch.Tensor, float | None]:
+    """Mean cross-entropy loss, the confusion matrix, and the top-5 accuracy (None with 5 classes or fewer)
+    over `loader`, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -97,7 +94,5 @@ def evaluate(
         if num_classes > 5:
             top5_correct += top_k_correct(logits, targets, 5)
         seen += len(targets)
-    if not top5:
-        return float(loss_sum) / max(seen, 1), cm.cpu()
     top5_accuracy = int(top5_correct) / max(seen, 1) if num_classes > 5 else None
     return float(loss_sum) / max(seen, 1), cm.cpu(), top5_accuracy

@@ -173,7 +173,7 @@ class Trainer:
         result = None
         if self.stop not in INTERRUPTED:
             val_loss, cm, top5 = evaluate(self.model, val_loader, num_classes=self.num_classes,
-                                          device=self.device, autocast=self.autocast, top5=True)
+                                          device=self.device, autocast=self.autocast)
             result = {"val_loss": val_loss, **_prefixed(summarize(cm)),
                       **({"val_top5_accuracy": top5} if top5 is not None else {}), "confusion_matrix": cm.tolist()}
         self._call("on_fit_end")
@@ -218,8 +218,8 @@ class Trainer:
                                     label_smoothing=c.label_smoothing, grad_clip=c.grad_clip)
             if stats.interrupted:
                 return
-            val_loss, cm = evaluate(self.model, val_loader, num_classes=self.num_classes,
-                                    device=self.device, autocast=self.autocast)
+            val_loss, cm, _ = evaluate(self.model, val_loader, num_classes=self.num_classes,
+                                       device=self.device, autocast=self.autocast)
             self.epoch += 1
             self.epoch_in_stage += 1
             summary = summarize(cm)
