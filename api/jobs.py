@@ -144,4 +144,7 @@ def download_model(id: str, session: SessionDep, tenant: TenantId) -> FileRespon
     if job.status != job_state.SUCCEEDED:
         raise conflict(f"job {id} is {job.status}; its model can be downloaded once it has succeeded")
     path = model_path(id)
+    if not path.exists():
+        raise ServiceError(410, "gone", f"the model file of job {id} is no longer in storage "
+                           "(UNFREEZE_STORAGE was cleared or moved); run the job again")
     return FileResponse(path, media_type="application/octet-stream", filename=f"{id}.safetensors")

@@ -27,7 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem"):
         folder = settings.broker_folder
         folder.mkdir(parents=True, exist_ok=True)
-        config["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+        config["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                                              "control_folder": str(folder / "control")}
         # The filesystem transport has no fanout exchange for remote control.
         config["worker_enable_remote_control"] = False
     return config

@@ -121,15 +121,23 @@ def _insert_ignoring_duplicates(session: Session, table: type, values: dict[str,
     session.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
-def record_epoch(session: Session, job_id: str, metrics: dict[str, Any], *, progress: float,
+def record_epoch(session: Session, job_id: str, metrics: dict[str, Any], *, worker: str, progress: float,
                  best: dict[str, Any]) -> None:
-    """One metrics row per (job, epoch), written idempotently (a resumed epoch adds no second row)."""
-    _insert_ignoring_duplicates(session, Metric, {"job_id": job_id, "created_at": utcnow(), **metrics})
-    _transition(session, job_id, ACTIVE, epoch=metrics["epoch"], stage=metrics["stage"], progress=progress, best=best)
+    """One metrics row per (job, epoch), written idempotently (a resumed epoch adds no second row), and only
+    by the worker holding the job."""
+    if _held(session, job_id, worker, epoch=metrics["epoch"], stage=metrics["stage"], progress=progress, best=best):
+        _insert_ignoring_duplicates(session, Metric, {"job_id": job_id, "created_at": utcnow(), **metrics})
 
 
-def set_stage(session: Session, job_id: str, stage: int) -> None:
-    _transition(session, job_id, ACTIVE, stage=stage)
+def set_stage(session: Session, job_id: str, stage: int, *, worker: str) -> None:
+    _held(session, job_id, worker, stage=stage)
+
+
+def _held(session: Session, job_id: str, worker: str, **values: Any) -> bool:
+    """Set `values` if `worker` still holds the active job."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(ACTIVE))
+                             .values(**values))
+    return result.rowcount == 1
 
 
 def finish(session: Session, job_id: str, status: str, message: str, *, worker: str,

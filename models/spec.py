@@ -26,7 +26,7 @@ class Strategy(_Strict):
     epochs_per_stage: int = Field(3, gt=0, le=10_000)
     groups_per_stage: int = Field(2, gt=0)
     lr: float = Field(1e-3, gt=0, le=10)
-    lr_decay: float = Field(1.5, ge=1, description="Group k places below the head trains at lr / lr_decay**k.")
+    lr_decay: float = Field(1.5, ge=1, le=100, description="Group k places below the head trains at lr / lr_decay**k.")
     train_bn: bool = False
     stages: list[StageSpec] | None = None
     schedule: Schedule = Field("constant", description="Learning-rate schedule within each stage.")

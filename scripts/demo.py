@@ -6,9 +6,11 @@
 then prints the final table and exits 0 (1 if a job did not succeed).
 """
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,6 +100,9 @@ def main() -> int:
     source, target = write_samples(VAR)
 
     port = int(os.environ.get("PORT", "8000"))
+    if not port_is_free(port):  # e.g. `make run` in another terminal: the demo runs its own stack
+        port = free_port()
+        print(f"port {os.environ.get('PORT', '8000')} is taken; the demo's own stack uses {port}")
     env = stack_env(port)
     stack = start_stack(env)
     try:
@@ -132,8 +137,20 @@ def main() -> int:
             print(f"demo finished in {time.monotonic() - started:.0f}s")
             return 0 if ok else 1
     finally:
-        os.killpg(stack.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stack.pid, signal.SIGTERM)
         stack.wait(timeout=30)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def print_table(rows: list[tuple[str, dict]]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 from models import job_state
 from worker.engine.callbacks import Callback
 from worker.engine.trainer import Trainer
-from worker.lease import LeaseKeeper
+from worker.lease import WORKER_NAME, LeaseKeeper
 from worker.retry import in_transaction
 
 
@@ -20,14 +20,14 @@ class DatabaseReporter(Callback):
         def write(session) -> None:
             job_state.add_event(session, self.job_id, type, message, data)
             if type == "stage_started":
-                job_state.set_stage(session, self.job_id, data["stage"])
+                job_state.set_stage(session, self.job_id, data["stage"], worker=WORKER_NAME)
 
         in_transaction(write)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         progress = min(1.0, trainer.epoch / self.planned_epochs)
-        in_transaction(lambda s: job_state.record_epoch(s, self.job_id, metrics, progress=progress,
-                                                        best=trainer.best.as_dict()))
+        in_transaction(lambda s: job_state.record_epoch(s, self.job_id, metrics, worker=WORKER_NAME,
+                                                        progress=progress, best=trainer.best.as_dict()))
 
     def on_batch_end(self, trainer: Trainer) -> None:
         if self.lease.lost.is_set():

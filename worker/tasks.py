@@ -17,7 +17,7 @@ from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.data import Sample, image_datasets, make_loaders, split_per_class
 from worker.engine.regularization import add_head_dropout
-from worker.engine.trainer import INTERRUPTED, FitResult, Trainer
+from worker.engine.trainer import INTERRUPTED, FitResult, Trainer, TrainingDiverged
 from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, load_model_file,
                                    save_model_file)
 from worker.job_config import fit_config
@@ -51,31 +51,32 @@ def train(job_id: str) -> None:
     with LeaseKeeper(job_id, lease_s=settings.lease_seconds) as lease:
         try:
             outcome = run(inputs, lease=lease, attempt=attempt)
-        except WeightsError as exc:
-            _finish(job_id, job_state.FAILED, f"job failed: {exc}", error=str(exc))
+        except (WeightsError, TrainingDiverged) as exc:
+            finished = _finish(job_id, job_state.FAILED, f"job failed: {exc}", error=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = f"training failed: {type(exc).__name__}: {exc}"
-            _finish(job_id, job_state.FAILED, f"job failed: {error}", error=error)
+            finished = _finish(job_id, job_state.FAILED, f"job failed: {error}", error=error)
         else:
             if outcome.stopped_reason == "lease_lost":
                 log.warning("job %s is held by another worker now; leaving it", job_id)
                 return
             if outcome.stopped_reason == "cancelled":
-                _finish(job_id, job_state.CANCELLED, "job cancelled", stopped_reason="cancelled")
+                finished = _finish(job_id, job_state.CANCELLED, "job cancelled", stopped_reason="cancelled")
             else:
-                _finish(job_id, job_state.SUCCEEDED, f"job succeeded ({outcome.stopped_reason})",
+                finished = _finish(job_id, job_state.SUCCEEDED, f"job succeeded ({outcome.stopped_reason})",
                         event_data={"epochs": outcome.epochs, "best": outcome.best}, progress=1.0,
                         stopped_reason=outcome.stopped_reason, result=outcome.result, best=outcome.best)
-    checkpoint_path(job_id).unlink(missing_ok=True)
+    if finished:  # a job another worker took over keeps its checkpoint
+        checkpoint_path(job_id).unlink(missing_ok=True)
 
 
 def _inputs(job: Job) -> JobInputs:
     return JobInputs(job.id, job.base_model, job.weights, job.spec, job.dataset_id)
 
 
-def _finish(job_id: str, status: str, message: str, **values: Any) -> None:
-    in_transaction(lambda s: job_state.finish(s, job_id, status, message, worker=WORKER_NAME, **values))
+def _finish(job_id: str, status: str, message: str, **values: Any) -> bool:
+    return in_transaction(lambda s: job_state.finish(s, job_id, status, message, worker=WORKER_NAME, **values))
 
 
 def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult:

@@ -141,3 +141,14 @@ def test_a_last_batch_of_one_image_trains(trainer_for, new_loaders):
     result = trainer.fit(*new_loaders(batch_size=89))  # 90 training images: batches of 89 and 1
 
     assert result.epochs == 1 and len(recorder.metrics) == 1, "the epoch completes"
+
+
+def test_a_diverged_loss_stops_the_fit_with_a_message_and_records_nothing(trainer_for, new_loaders):
+    from worker.engine.trainer import TrainingDiverged
+
+    trainer, recorder = trainer_for([Stage(("head",), 2, LR)])
+    with torch.no_grad():
+        trainer.model.fc.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="lower strategy.lr"):
+        trainer.fit(*new_loaders())
+    assert recorder.metrics == [], "no NaN reaches a metrics row"

@@ -11,7 +11,7 @@ from worker.engine.callbacks import Callback
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers never share a temporary file
     torch.save(state, tmp)
     os.replace(tmp, path)  # a reader sees the old checkpoint or the new one, never half of one
 

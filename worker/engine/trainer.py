@@ -1,5 +1,6 @@
 """Staged unfreezing: a short loop over stages and epochs, with policies as callbacks."""
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,10 @@ from worker.engine.loop import evaluate, train_one_epoch
 from worker.engine.metrics import summarize
 from worker.engine.optim import make_optimizer
 from worker.engine.schedules import make_scheduler
+
+
+class TrainingDiverged(Exception):
+    """The loss stopped being a number; the message says what to change."""
 
 
 # Stop reasons that end a fit mid-epoch, with no final model: a user's cancel, or another worker owning the job.
@@ -134,7 +139,8 @@ class Trainer:
                          "end_stage": self.end_stage, "stop": self.stop},
             "best": self.best.as_dict(),
             "policies": [cb.state_dict() for cb in self.policies],
-            "rng": {"torch": torch.get_rng_state(), "loader": loader_gen.get_state() if loader_gen else None},
+            "rng": {"torch": torch.get_rng_state(), "loader": loader_gen.get_state() if loader_gen else None,
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
@@ -147,8 +153,10 @@ class Trainer:
         for cb, cb_state in zip(self.policies, state["policies"], strict=True):
             cb.load_state_dict(cb_state)
         self._resumed_optimizer = state["optimizer"]
-        self._resumed_scheduler = state.get("scheduler")  # absent from checkpoints of constant-rate fits
+        self._resumed_scheduler = state.get("scheduler")
         torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if state["rng"]["loader"] is not None and getattr(self._train_loader, "generator", None) is not None:
             self._train_loader.generator.set_state(state["rng"]["loader"])
 
@@ -220,6 +228,10 @@ class Trainer:
                 return
             val_loss, cm, _ = evaluate(self.model, val_loader, num_classes=self.num_classes,
                                        device=self.device, autocast=self.autocast)
+            if not (math.isfinite(stats.loss) and math.isfinite(val_loss)):
+                raise TrainingDiverged(f"the loss became {stats.loss if not math.isfinite(stats.loss) else val_loss} "
+                                       f"in epoch {self.epoch + 1} (stage {self.stage_number}); lower strategy.lr "
+                                       "or set hyperparameters.grad_clip")
             self.epoch += 1
             self.epoch_in_stage += 1
             summary = summarize(cm)

@@ -1,6 +1,7 @@
 """Building a torchvision model with its starting weights, and the safetensors model file."""
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -109,7 +110,7 @@ def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[st
         "mean": json.dumps(list(mean)),
         "std": json.dumps(list(std)),
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
 
