@@ -11,7 +11,7 @@ from worker.engine.trainer import Trainer
 
 RESNET18 = ARCHITECTURES["resnet18"]
 LR = 1e-2
-LR_DECAY = 2.6  # FitConfig's default
+LR_DECAY = 1.5  # FitConfig's default
 TIMING = ("duration_s", "samples_per_s")
 
 

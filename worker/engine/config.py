@@ -1,4 +1,7 @@
-"""Frozen configuration of one fit, converted once from the service's job spec."""
+"""Frozen configuration of one fit, converted once from the service's job spec.
+
+Defaults equal the job request's (models/spec.py), for anyone driving the engine directly.
+"""
 
 from dataclasses import dataclass, field
 
@@ -22,7 +25,7 @@ class Stage:
 class EarlyStoppingConfig:
     monitor: str = "val_loss"
     mode: str = "min"
-    patience: int = 2
+    patience: int = 3
     min_delta: float = 0.0
     stop_unfreezing: bool = True  # end the plan when a whole stage fails to improve (not for chain-thaw)
 
@@ -31,7 +34,7 @@ class EarlyStoppingConfig:
 class FitConfig:
     stages: tuple[Stage, ...]
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    lr_decay: float = 2.6
+    lr_decay: float = 1.5
     train_bn: bool = False
     batch_size: int = 32
     max_epochs: int = 30
@@ -44,7 +47,7 @@ class FitConfig:
     nesterov: bool = True  # sgd only (and only with momentum > 0)
     label_smoothing: float = 0.0  # training loss only
     grad_clip: float | None = None  # max total gradient norm of the trainable parameters
-    groups_per_stage: int = 1  # auto: how many groups each decision unfreezes
+    groups_per_stage: int = 2  # auto: how many groups each decision unfreezes
     probe_batches: int = 4  # auto: training batches over which gradient norms are measured
 
     @property
