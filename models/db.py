@@ -1,5 +1,6 @@
 """Engine and session factory for the configured database (Postgres, or SQLite for the embedded default)."""
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -14,6 +15,9 @@ from models.settings import get_settings
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().db_url
     if url.startswith("sqlite"):
+        if sqlite3.sqlite_version_info < (3, 35):  # conditional claims use UPDATE ... RETURNING
+            raise RuntimeError(f"the embedded default needs SQLite 3.35 or newer; this Python has "
+                               f"{sqlite3.sqlite_version}: set DATABASE_URL to a Postgres database instead")
         # API and worker share the file: wait for each other's locks instead of failing.
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
