@@ -32,7 +32,6 @@ import gzip
 import json
 import lzma
 import re
-import shutil
 import stat
 import struct
 import tarfile
@@ -375,7 +374,3 @@ def summarize(samples: list[dict[str, str]], has_split: bool) -> DatasetSummary:
             raise bad_upload(f"class '{cls}' has {totals[cls]} image; each class needs at least 2")
     split_counts = {s: dict(sorted(per_split[s].items())) for s in SPLITS} if has_split else None
     return DatasetSummary(classes, {c: totals[c] for c in classes}, split_counts, len(samples), has_split, samples)
-
-
-def remove_quietly(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from models.broker import TRAIN_TASK, celery_config
+from models.broker import celery_config, send_training
 from models.settings import get_settings
 
 
@@ -16,5 +16,4 @@ def _producer() -> Celery:
 
 
 def enqueue_training(job_id: str) -> None:
-    _producer().send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue,
-                          retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+    send_training(_producer(), job_id, get_settings())

@@ -2,9 +2,12 @@
 
 from typing import Any
 
+from celery import Celery
+
 from models.settings import Settings
 
 TRAIN_TASK = "unfreeze.train"
+_SEND_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 VISIBILITY_TIMEOUT_S = 3600
 
 
@@ -32,3 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The filesystem transport has no fanout exchange for remote control.
         config["worker_enable_remote_control"] = False
     return config
+
+
+def send_training(app: Celery, job_id: str, settings: Settings) -> None:
+    """Queue the job's training task by name (the API sends new jobs, the reaper re-sends recovered ones)."""
+    app.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue, retry=True, retry_policy=_SEND_RETRY)

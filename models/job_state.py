@@ -34,9 +34,11 @@ def create_job(session: Session, *, tenant_id: str, dataset_id: str, base_model:
     return job
 
 
-def _transition(session: Session, job_id: str, from_: tuple[str, ...], **values: Any) -> bool:
-    """Set `values` only if the job is in one of the `from_` statuses; True when it was."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_)).values(**values))
+def _transition(session: Session, job_id: str, from_: tuple[str, ...], *, worker: str | None = None,
+                **values: Any) -> bool:
+    """Set `values` only if the job is in one of the `from_` statuses (and held by `worker`, if given)."""
+    held = () if worker is None else (Job.worker == worker,)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_), *held).values(**values))
     return result.rowcount == 1
 
 
@@ -125,27 +127,20 @@ def record_epoch(session: Session, job_id: str, metrics: dict[str, Any], *, work
                  best: dict[str, Any]) -> None:
     """One metrics row per (job, epoch), written idempotently (a resumed epoch adds no second row), and only
     by the worker holding the job."""
-    if _held(session, job_id, worker, epoch=metrics["epoch"], stage=metrics["stage"], progress=progress, best=best):
+    if _transition(session, job_id, ACTIVE, worker=worker, epoch=metrics["epoch"], stage=metrics["stage"],
+                   progress=progress, best=best):
         _insert_ignoring_duplicates(session, Metric, {"job_id": job_id, "created_at": utcnow(), **metrics})
 
 
 def set_stage(session: Session, job_id: str, stage: int, *, worker: str) -> None:
-    _held(session, job_id, worker, stage=stage)
-
-
-def _held(session: Session, job_id: str, worker: str, **values: Any) -> bool:
-    """Set `values` if `worker` still holds the active job."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(ACTIVE))
-                             .values(**values))
-    return result.rowcount == 1
+    _transition(session, job_id, ACTIVE, worker=worker, stage=stage)
 
 
 def finish(session: Session, job_id: str, status: str, message: str, *, worker: str,
            event_data: dict[str, Any] | None = None, **values: Any) -> bool:
     """End `worker`'s active job with a terminal `status`; False if it ended already or another worker holds it."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(ACTIVE))
-                             .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values))
-    if result.rowcount != 1:
+    if not _transition(session, job_id, ACTIVE, worker=worker, status=status, finished_at=utcnow(),
+                       lease_expires_at=None, **values):
         return False
     add_event(session, job_id, status, message, event_data)
     return True

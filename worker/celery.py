@@ -3,7 +3,7 @@
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from models.broker import TRAIN_TASK, celery_config
+from models.broker import celery_config, send_training
 from models.settings import get_settings
 
 app = Celery("unfreeze", include=["worker.tasks"])
@@ -12,8 +12,8 @@ app.conf.update(celery_config(get_settings()), worker_pool="solo", worker_concur
 _reaper = None
 
 
-def send_training(job_id: str) -> None:
-    app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue)
+def resend_training(job_id: str) -> None:
+    send_training(app, job_id, get_settings())
 
 
 @worker_ready.connect
@@ -21,7 +21,7 @@ def _start_reaper(**_: object) -> None:
     global _reaper
     from worker.lease import Reaper
 
-    _reaper = Reaper(get_settings(), send_training)
+    _reaper = Reaper(get_settings(), resend_training)
     _reaper.start()
 
 

@@ -169,13 +169,17 @@ def test_keys_command_creates_lists_and_revokes(stack):
     assert unknown.returncode == 1 and "no key with id 'key_nope'" in unknown.stderr
 
 
-@pytest.fixture(scope="module")
-def limited_api(stack, tmp_path_factory):
-    """A second API process on the stack's database with a limit of 3 writes per key per minute."""
-    log = tmp_path_factory.mktemp("limited") / "api.log"
-    proc, url = start_api({**stack.env, "UNFREEZE_RATE_LIMIT_PER_MINUTE": "3"}, log)
+def second_api(stack, tmp_path_factory, name: str, **env: str):
+    """Another API process on the stack's database, with `env` changed; yields its URL."""
+    proc, url = start_api({**stack.env, **env}, tmp_path_factory.mktemp(name) / "api.log")
     yield url
     stop(proc)
+
+
+@pytest.fixture(scope="module")
+def limited_api(stack, tmp_path_factory):
+    """A limit of 3 writes per key per minute."""
+    yield from second_api(stack, tmp_path_factory, "limited", UNFREEZE_RATE_LIMIT_PER_MINUTE="3")
 
 
 def test_writes_over_the_rate_limit_get_429_with_retry_after(stack, limited_api):
@@ -193,11 +197,8 @@ def test_writes_over_the_rate_limit_get_429_with_retry_after(stack, limited_api)
 
 @pytest.fixture(scope="module")
 def open_api(stack, tmp_path_factory):
-    """A second API process on the stack's database with UNFREEZE_AUTH=off."""
-    log = tmp_path_factory.mktemp("open") / "api.log"
-    proc, url = start_api({**stack.env, "UNFREEZE_AUTH": "off"}, log)
-    yield url
-    stop(proc)
+    """UNFREEZE_AUTH=off."""
+    yield from second_api(stack, tmp_path_factory, "open", UNFREEZE_AUTH="off")
 
 
 def test_auth_off_serves_everyone_as_the_local_tenant(stack, open_api, tiny_archive, client):
