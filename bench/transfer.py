@@ -27,6 +27,7 @@ from models.plan import resolve_plan
 from models.spec import EarlyStopping, Hyperparameters, Strategy
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.callbacks import Callback
+from worker.engine.chains import forward_steps
 from worker.engine.regularization import add_head_dropout
 from worker.engine.trainer import Trainer
 from worker.engine.weights import build_model
@@ -122,7 +123,7 @@ def run_engine(base, x, y, seed: int, strategy: dict, early: dict) -> Run:
     add_head_dropout(model, ARCH.head_layer, spec["hyperparameters"]["dropout"])
     accs = Accuracies()
     trainer = Trainer(model=model, groups=layer_groups(model, ARCH), config=config, num_classes=5,
-                      device=torch.device("cpu"), callbacks=[accs])
+                      device=torch.device("cpu"), callbacks=[accs], steps=forward_steps(model, ARCH))
     train = TensorDataset(x[train_idx], y[train_idx] - 5)
     train_loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
     trainer.fit(train_loader, DataLoader(TensorDataset(x[val_idx], y[val_idx] - 5), batch_size=256))

@@ -14,6 +14,7 @@ from models.storage import checkpoint_path, dataset_dir, job_dir, model_path
 from models.tables import Job
 from worker.celery import app
 from worker.engine.architectures import ARCHITECTURES, layer_groups
+from worker.engine.chains import forward_steps
 from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.data import Sample, image_datasets, make_loaders, split_per_class
 from worker.engine.regularization import add_head_dropout
@@ -121,7 +122,7 @@ def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult
     # The reporter writes an epoch's metrics row before the checkpoint marks the epoch done.
     callbacks = [DatabaseReporter(inputs.job_id, config.planned_epochs, lease), Checkpointer(checkpoint)]
     trainer = Trainer(model=model, groups=layer_groups(model, arch), config=config, num_classes=len(classes),
-                      device=device, callbacks=callbacks)
+                      device=device, callbacks=callbacks, steps=forward_steps(model, arch))
     outcome = trainer.fit(train_loader, val_loader, resume=resume)
     if outcome.stopped_reason not in INTERRUPTED:
         job_dir(inputs.job_id).mkdir(parents=True, exist_ok=True)

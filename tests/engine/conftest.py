@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from scripts.digits import digit_images, few_shot, write_folder
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.callbacks import Callback
+from worker.engine.chains import forward_steps
 from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
 from worker.engine.data import ImageFiles, Sample, eval_transform, make_loaders
 from worker.engine.trainer import Trainer
@@ -112,14 +113,15 @@ def trainer_for() -> Callable[..., tuple[Trainer, Recorder]]:
 
     def make(stages: Sequence[Stage], *, early_stopping: EarlyStoppingConfig = EarlyStoppingConfig(patience=10),
              max_epochs: int = 30, train_bn: bool = False, seed: int = 0, snapshots: bool = False,
-             callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Recorder]:
+             callbacks: Sequence[Callback] = (), **options: Any) -> tuple[Trainer, Recorder]:
         arch = ARCHITECTURES["resnet18"]
         model = build_model(arch, num_classes=len(CLASSES), weights=None, seed=seed)
         config = FitConfig(stages=tuple(stages), early_stopping=early_stopping, train_bn=train_bn,
-                           batch_size=BATCH_SIZE, max_epochs=max_epochs, seed=seed)
+                           batch_size=BATCH_SIZE, max_epochs=max_epochs, seed=seed, **options)
         recorder = Recorder(snapshots=snapshots)
         trainer = Trainer(model=model, groups=layer_groups(model, arch), config=config, num_classes=len(CLASSES),
-                          device=torch.device("cpu"), callbacks=[recorder, *callbacks])
+                          device=torch.device("cpu"), callbacks=[recorder, *callbacks],
+                          steps=forward_steps(model, arch))
         return trainer, recorder
 
     return make

@@ -7,6 +7,7 @@ built on the CPU and trains one step with staged freezing.
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torchvision
 from worker.engine.architectures import (ARCHITECTURES, Architecture, LayerGroup, generic_architecture, layer_groups,
                                          meta_model)
 from worker.engine.catalogue import catalogue
+from worker.engine.chains import forward_steps, split
 from worker.engine.freezing import set_train_mode, unfreeze
 from worker.engine.weights import replace_head
 
@@ -45,12 +47,26 @@ def assert_groups_cover_every_parameter_once(model: nn.Module, arch: Architectur
         "head_layer lies inside the head group"
 
 
+def assert_steps_follow_the_groups(model: nn.Module, arch: Architecture) -> None:
+    """The forward chain uses every parameter once, and no step spans two groups: the chain can be cut at every
+    group boundary."""
+    steps = forward_steps(model, arch)
+    owners = Counter(id(p) for s in steps for p in s.parameters())
+    assert [n for n, p in model.named_parameters() if owners[id(p)] != 1] == [], "every parameter in exactly one step"
+    group_of = {id(p): i for i, g in enumerate(layer_groups(model, arch)) for p in g.parameters()}
+    step_groups = [sorted({group_of[id(p)] for p in s.parameters()}) for s in steps]
+    assert all(len(g) <= 1 for g in step_groups), "each step lies within one group"
+    in_order = [g[0] for g in step_groups if g]
+    assert in_order == sorted(in_order), "steps go through the groups from input to output"
+
+
 @pytest.mark.parametrize("name", list(ARCHITECTURES), ids=list(ARCHITECTURES))
 def test_layer_groups_cover_every_parameter_exactly_once_and_the_head_fits_the_classes(name):
     arch = ARCHITECTURES[name]
     model = meta_model(arch)  # one build for both checks: ~80 builds are most of this file's time
     assert all(p.is_meta for p in model.parameters()), "built on the meta device, without memory"
     assert_groups_cover_every_parameter_once(model, arch)
+    assert_steps_follow_the_groups(model, arch)
     old = model.get_submodule(arch.head_layer)
 
     replace_head(model, arch, NUM_CLASSES)
@@ -124,7 +140,7 @@ def test_every_family_has_a_representative():
 
 
 @pytest.mark.parametrize("name", list(REPRESENTATIVES), ids=list(REPRESENTATIVES))
-def test_one_step_trains_exactly_the_unfrozen_groups(name):
+def test_one_step_through_the_split_chain_trains_exactly_the_unfrozen_groups(name):
     arch, size = ARCHITECTURES[name], REPRESENTATIVES[name]
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, **({"image_size": size} if arch.family == "vit" else {}))
@@ -133,13 +149,21 @@ def test_one_step_trains_exactly_the_unfrozen_groups(name):
     unfrozen = ["head", groups[-2].name]
     optimizer = torch.optim.AdamW(
         unfreeze(groups, unfrozen, lr=1e-3, lr_decay=2.6, weight_decay=0.0, train_bn=False), fused=True)
+    images = torch.randn(2, 3, size, size)
+    chain = split(forward_steps(model, arch))
+    with torch.no_grad():
+        whole, chained = model.eval()(images), chain(images)
     set_train_mode(model, groups, unfrozen, train_bn=False)
     before = {g.name: snapshot(g) for g in groups}
 
-    logits = model(torch.randn(2, 3, size, size))
+    logits = chain(images)
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
     optimizer.step()
 
+    assert torch.allclose(chained, whole, rtol=1e-4, atol=1e-5), "prefix then suffix computes the model's forward"
+    assert ids(p for s in chain.prefix for p in s.parameters()) == ids(p for g in groups[:-2] for p in g.parameters()), \
+        "the prefix holds exactly the frozen groups below the lowest unfrozen one"
+    assert not chain.run_prefix(images).requires_grad, "the prefix builds no autograd graph"
     assert logits.shape == (2, NUM_CLASSES), "one score per class"
     for g in groups:
         (params, buffers), (params_before, buffers_before) = snapshot(g), before[g.name]
@@ -150,6 +174,10 @@ def test_one_step_trains_exactly_the_unfrozen_groups(name):
             assert all(map(torch.equal, buffers, buffers_before)), \
                 f"the frozen group '{g.name}' kept its BatchNorm statistics"
             assert all(p.grad is None for p in g.parameters()), f"the frozen group '{g.name}' got no gradient"
+
+
+def ids(params: Iterable[torch.Tensor]) -> set[int]:
+    return {id(p) for p in params}
 
 
 def snapshot(group: LayerGroup) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

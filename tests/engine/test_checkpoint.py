@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import torch
 
 from worker.engine.callbacks import Callback
@@ -25,16 +26,20 @@ def comparable(metrics):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
 
 
-def test_resumed_fit_matches_the_uninterrupted_one(trainer_for, new_loaders, tmp_path):
-    stages = [Stage(("head",), 2, 1e-3), Stage(("layer4",), 3, 1e-3)]
-    es = EarlyStoppingConfig(patience=1)
+@pytest.mark.parametrize(("stages", "options"), [
+    ([Stage(("head",), 2, 1e-3), Stage(("layer4",), 3, 1e-3)], {"early_stopping": EarlyStoppingConfig(patience=1)}),
+    # the auto stage unfreezes everything, so it also runs the later auto stage's epoch
+    ([Stage(("head",), 1, 1e-3), Stage((), 1, 1e-3, auto=True), Stage((), 1, 1e-3, auto=True)],
+     {"groups_per_stage": 5}),
+], ids=["staged", "auto stage taking a later stage's epochs"])
+def test_resumed_fit_matches_the_uninterrupted_one(trainer_for, new_loaders, tmp_path, stages, options):
     path = tmp_path / "checkpoint.pt"
-    trainer, full = trainer_for(stages, early_stopping=es, callbacks=[Checkpointer(path), KeepEveryCheckpoint(path)])
+    trainer, full = trainer_for(stages, callbacks=[Checkpointer(path), KeepEveryCheckpoint(path)], **options)
     full_result = trainer.fit(*new_loaders())
     assert full_result.epochs >= 3
 
     for crash_after in range(1, full_result.epochs):
-        resumed_trainer, resumed = trainer_for(stages, early_stopping=es)
+        resumed_trainer, resumed = trainer_for(stages, **options)
         state = load_checkpoint(tmp_path / f"epoch{crash_after}.pt")
         result = resumed_trainer.fit(*new_loaders(), resume=state)
         assert result.epochs == full_result.epochs, f"resumed after epoch {crash_after}: same number of epochs"

@@ -5,7 +5,7 @@ import torch
 
 from models.plan import resolve_plan
 from models.spec import Strategy
-from worker.engine.auto import pick, relative_grad_norms
+from worker.engine.auto import pick, relative_grad_norms, suffix_down_to
 from worker.engine.config import Stage
 from worker.engine.freezing import discriminative_lr
 
@@ -73,19 +73,44 @@ def test_pick_takes_the_highest_scores():
     assert pick({"a": 0.2, "b": 0.2}, 1) == ["b"], "ties go to the group nearer the output"
 
 
-def test_auto_stage_unfreezes_the_group_with_the_highest_signal(trainer_for, new_loaders):
+def test_suffix_down_to_the_lowest_chosen_group():
+    assert suffix_down_to(["layer2"], GROUPS[:-1], GROUPS) == ["layer4", "layer3", "layer2"], \
+        "every frozen group from the chosen one up to the output, output first"
+    assert suffix_down_to(["layer4", "layer1"], ["stem", "layer1", "layer2"], GROUPS) == ["layer2", "layer1"], \
+        "the lowest chosen group sets the cut; groups already unfrozen are not added again"
+
+
+def test_auto_stage_unfreezes_down_to_the_groups_with_the_highest_signal(trainer_for, new_loaders):
     trainer, recorder = trainer_for([Stage(("head",), 1, 1e-3), Stage((), 1, 1e-3, auto=True),
                                      Stage((), 1, 1e-3, auto=True)])
     trainer.fit(*new_loaders())
     decisions = [data for type_, data in recorder.events if type_ == "unfreeze_decision"]
-    assert len(decisions) == 2
     first, k = decisions[0], trainer.config.groups_per_stage
     scores = first["relative_grad_norm"]
     assert set(scores) == set(GROUPS[:-1]), "every frozen group is measured"
     assert first["chosen"] == sorted(scores, key=scores.get, reverse=True)[:k], "the highest signals win"
-    assert not set(first["chosen"]) & set(decisions[1]["relative_grad_norm"]), "unfrozen groups are not measured again"
+    assert first["unfreeze"] == suffix_down_to(first["chosen"], GROUPS[:-1], GROUPS), "down to the lowest chosen"
     stage2 = [m for m in recorder.metrics if m["stage"] == 2]
-    assert stage2[0]["unfrozen_groups"] == ["head", *first["chosen"]]
+    assert stage2[0]["unfrozen_groups"] == ["head", *first["unfreeze"]]
+    if len(decisions) == 2:
+        assert not set(first["unfreeze"]) & set(decisions[1]["relative_grad_norm"]), \
+            "unfrozen groups are not measured again"
+    else:
+        assert first["unfreeze"][-1] == "stem", "only a decision that unfroze everything ends the choosing"
+
+
+def test_an_auto_stage_that_leaves_nothing_frozen_takes_the_later_auto_stages_epochs(trainer_for, new_loaders):
+    trainer, recorder = trainer_for([Stage(("head",), 1, 1e-3), *[Stage((), 2, 1e-3, auto=True)] * 3],
+                                    groups_per_stage=len(GROUPS) - 1)
+
+    result = trainer.fit(*new_loaders())
+
+    decisions = [data for type_, data in recorder.events if type_ == "unfreeze_decision"]
+    assert len(decisions) == 1 and decisions[0]["unfreeze"] == list(reversed(GROUPS[:-1])), \
+        "measuring every frozen group, one decision unfreezes them all"
+    started = [data for type_, data in recorder.events if type_ == "stage_started"]
+    assert [s["epochs"] for s in started] == [1, 6], "stage 2 gets its own 2 epochs and the 4 of stages 3 and 4"
+    assert recorder.epochs_per_stage() == {1: 1, 2: 6} and result.stopped_reason == "completed"
 
 
 @pytest.mark.parametrize("kind", ["gradual", "full", "head_only", "lp_ft", "chain_thaw", "auto"])

@@ -43,7 +43,7 @@ def test_strategy_runs_end_to_end(client, small_target, name):
         if planned["auto"]:
             decision = next(e["data"] for e in events
                             if e["type"] == "unfreeze_decision" and e["data"]["stage"] == stage["stage"])
-            assert stage["unfreeze"] == decision["chosen"] and len(decision["chosen"]) <= 2
+            assert stage["unfreeze"] == decision["unfreeze"] and len(decision["chosen"]) <= 2
         else:
             assert stage["unfrozen_groups"] == planned["train"], f"stage {stage['stage']} trains what was planned"
         rows = [m for m in metrics if m["stage"] == stage["stage"]]

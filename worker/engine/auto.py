@@ -2,7 +2,8 @@
 
 Auto-RGN (Lee et al. 2023, "Surgical Fine-Tuning Improves Adaptation to Distribution Shifts") ranks
 layers by ||grad|| / ||param||: a group whose weights the target task's loss pulls hardest, relative to
-their size, is the one most worth training. Here the signal picks which frozen groups the next stage adds.
+their size, is the one most worth training. Here the signal decides how deep the next stage unfreezes: the
+trainable part stays a suffix of the network (see `suffix_down_to`).
 """
 
 import math
@@ -59,3 +60,14 @@ def pick(scores: dict[str, float], count: int) -> list[str]:
     """The `count` highest-scoring groups, highest first (ties: the one nearer the output, listed later)."""
     ranked = sorted(scores, key=lambda name: (scores[name], list(scores).index(name)), reverse=True)
     return ranked[:count]
+
+
+def suffix_down_to(chosen: Collection[str], frozen: Collection[str], order: Sequence[str]) -> list[str]:
+    """The frozen groups from the lowest (input-most) of `chosen` up to the output, output first.
+
+    Training a group costs the backward pass through every group above it, and only a frozen prefix can run
+    without autograd (and be cached), so unfreezing the groups in between costs little more than their
+    optimizer state and keeps the trainable part one suffix.
+    """
+    cut = min(order.index(name) for name in chosen)
+    return [name for name in reversed(order[cut:]) if name in frozen]

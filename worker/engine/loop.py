@@ -24,7 +24,7 @@ class EpochStats:
 
 
 def train_one_epoch(
-    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     *,
@@ -36,6 +36,8 @@ def train_one_epoch(
     grad_clip: float | None = None,
 ) -> EpochStats:
     """Train over `loader` once; `should_stop` is asked after every batch (cancellation).
+
+    `forward` is the model, or its `chains.Split`, which runs the frozen prefix without autograd.
 
     The loss is cross-entropy with `label_smoothing`; gradients are clipped to a total norm of `grad_clip`
     before each step, and `scheduler` (if any) steps after every batch.
@@ -50,7 +52,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast():
-            logits = model(images)
+            logits = forward(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,8 +13,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from worker.engine.architectures import LayerGroup
-from worker.engine.auto import pick, relative_grad_norms
+from worker.engine.auto import pick, relative_grad_norms, suffix_down_to
 from worker.engine.callbacks import BestWeights, Callback, EarlyStopping, improves
+from worker.engine.chains import Step, split
 from worker.engine.config import FitConfig, Stage
 from worker.engine.freezing import group_lrs, set_train_mode, unfreeze
 from worker.engine.loop import evaluate, train_one_epoch
@@ -68,9 +69,12 @@ def precision_context(device: torch.device) -> Callable[[], AbstractContextManag
 
 class Trainer:
     def __init__(self, *, model: nn.Module, groups: Sequence[LayerGroup], config: FitConfig, num_classes: int,
-                 device: torch.device, callbacks: Sequence[Callback] = ()) -> None:
+                 device: torch.device, callbacks: Sequence[Callback] = (), steps: Sequence[Step] | None = None) -> None:
+        """`steps` is the model's forward as a chain (`chains.forward_steps`), so each stage runs its frozen prefix
+        without autograd; without it the model runs whole."""
         self.model = model.to(device)
         self.groups = list(groups)
+        self.steps = list(steps) if steps is not None else [Step(type(model).__name__, self.model, (self.model,))]
         self.config = config
         self.num_classes = num_classes
         self.device = device
@@ -99,7 +103,11 @@ class Trainer:
 
     @property
     def stages_left(self) -> int:
-        return len(self.config.stages) - self.stage_number
+        """Later stages that still have something to do (auto stages have nothing once every group trains)."""
+        return 0 if self._only_empty_auto_stages_after(self.stage_index) else len(self.config.stages) - self.stage_number
+
+    def _only_empty_auto_stages_after(self, index: int) -> bool:
+        return len(self.unfrozen) == len(self.groups) and all(s.auto for s in self.config.stages[index + 1:])
 
     def emit(self, type: str, message: str, **data: Any) -> None:
         self._call("on_event", type, message, data)
@@ -109,19 +117,28 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     def _decide(self, stage: Stage, train_loader: DataLoader) -> list[str]:
-        """Auto stages: measure the frozen groups' relative gradient norms and pick the highest."""
-        frozen = [g.name for g in self.groups if g.name not in self.unfrozen]
+        """Auto stages: measure the frozen groups' relative gradient norms; unfreeze down to the highest."""
+        names = [g.name for g in self.groups]
+        frozen = [name for name in names if name not in self.unfrozen]
         if not frozen:
             return []
         scores = relative_grad_norms(self.model, self.groups, frozen, train_loader, batches=self.config.probe_batches,
                                      device=self.device, autocast=self.autocast)
         chosen = pick(scores, self.config.groups_per_stage)
-        self.emit("unfreeze_decision", f"stage {self.stage_number}: unfreezing {', '.join(chosen)}, the highest "
-                  f"relative gradient norm of {len(frozen)} frozen group(s) "
-                  f"({', '.join(f'{n} {scores[n]:.3g}' for n in chosen)})",
-                  stage=self.stage_number, chosen=chosen, relative_grad_norm=scores,
+        added = suffix_down_to(chosen, frozen, names)
+        self.emit("unfreeze_decision", f"stage {self.stage_number}: unfreezing {', '.join(added)}; the highest "
+                  f"relative gradient norms of {len(frozen)} frozen group(s) are "
+                  f"{', '.join(f'{n} {scores[n]:.3g}' for n in chosen)}, and the groups above them train too",
+                  stage=self.stage_number, chosen=chosen, unfreeze=added, relative_grad_norm=scores,
                   probe_batches=self.config.probe_batches)
-        return chosen
+        return added
+
+    def _stage_epochs(self, index: int, stage: Stage) -> int:
+        """A stage's epoch budget. An auto stage that leaves nothing frozen also takes the epochs of the auto
+        stages after it, which would have nothing to unfreeze."""
+        if stage.auto and self._only_empty_auto_stages_after(index):
+            return stage.epochs + sum(s.epochs for s in self.config.stages[index + 1:])
+        return stage.epochs
 
     def _after_batch(self) -> bool:
         self._call("on_batch_end")
@@ -198,6 +215,7 @@ class Trainer:
             self.unfrozen += [g for g in added if g not in self.unfrozen]
             self.training = list(stage.train) if stage.train is not None else list(self.unfrozen)
             stage = replace(stage, unfreeze=tuple(added))
+        stage = replace(stage, epochs=self._stage_epochs(index, stage))
         params = unfreeze(self.groups, self.training, lr=stage.lr, lr_decay=c.lr_decay,
                           weight_decay=c.weight_decay, train_bn=c.train_bn)
         self.optimizer = make_optimizer(c.optimizer, params, momentum=c.momentum, nesterov=c.nesterov)
@@ -215,13 +233,14 @@ class Trainer:
                       epochs=stage.epochs,
                       lr={g["name"]: g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups})
             self._call("on_stage_start")
+        forward = split(self.steps)
         while self.epoch_in_stage < stage.epochs and not (self.end_stage or self.stop):
             if self.epoch >= c.max_epochs:
                 self.stop = self.stop or "max_epochs"
                 break
             started = time.perf_counter()
             set_train_mode(self.model, self.groups, self.training, train_bn=c.train_bn)
-            stats = train_one_epoch(self.model, train_loader, self.optimizer, device=self.device,
+            stats = train_one_epoch(forward, train_loader, self.optimizer, device=self.device,
                                     autocast=self.autocast, should_stop=self._after_batch, scheduler=self.scheduler,
                                     label_smoothing=c.label_smoothing, grad_clip=c.grad_clip)
             if stats.interrupted:
