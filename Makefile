@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench catalogue clean
+.PHONY: install run demo test bench bench-prefix catalogue clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transfer
+
+bench-prefix: $(STAMP)
+	$(BIN)/python -m bench.prefix
 
 catalogue: $(STAMP)
 	$(BIN)/python -m worker.engine.catalogue > models/catalogue.json

@@ -47,7 +47,7 @@ class FitConfig:
     nesterov: bool = True  # sgd only (and only with momentum > 0)
     label_smoothing: float = 0.0  # training loss only
     grad_clip: float | None = None  # max total gradient norm of the trainable parameters
-    groups_per_stage: int = 2  # auto: how many groups each decision unfreezes
+    groups_per_stage: int = 2  # auto: how many top-ranked groups each decision unfreezes down to
     probe_batches: int = 4  # auto: training batches over which gradient norms are measured
 
     @property
