@@ -78,11 +78,16 @@ def _create_job(session: Session, tenant_id: str, request: JobRequest) -> JobOut
     _check_weights(session, tenant_id, request)
     spec = request.model_dump(mode="json", exclude={"dataset_id", "base_model", "weights"})
     spec["strategy"]["plan"] = resolve_plan(request.strategy, group_names(request.base_model))
-    native = models[request.base_model]["image_size"]
-    size = request.hyperparameters.image_size
-    if size and size != native and models[request.base_model].get("fixed_image_size"):
+    model = models[request.base_model]
+    native, size = model["image_size"], request.hyperparameters.image_size
+    if size and size != native and model.get("fixed_image_size"):
         raise invalid(f"{request.base_model} only takes {native}x{native} images (its position embedding fixes "
                       "the size); leave hyperparameters.image_size unset", "hyperparameters.image_size")
+    if size and size < model.get("min_image_size", 1):
+        raise invalid(f"{request.base_model} needs images of at least {model['min_image_size']}x"
+                      f"{model['min_image_size']} px (its downsampling leaves nothing of smaller ones); set "
+                      f"hyperparameters.image_size to at least {model['min_image_size']}, or leave it unset for "
+                      f"{native}", "hyperparameters.image_size")
     spec["hyperparameters"]["image_size"] = size or native
     job = job_state.create_job(session, tenant_id=tenant_id, dataset_id=request.dataset_id,
                                base_model=request.base_model, weights=request.weights, spec=spec)

@@ -142,6 +142,7 @@ class ModelOut(BaseModel):
     name: str
     family: str
     image_size: int
+    min_image_size: int = 1
     fixed_image_size: bool = False
     groups: list[GroupOut]
     head_layer: str

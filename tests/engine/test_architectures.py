@@ -104,6 +104,22 @@ def test_native_image_size_follows_the_default_weights(name, family, size):
     assert arch.image_size == torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
 
 
+@pytest.mark.parametrize("name", list(ARCHITECTURES), ids=list(ARCHITECTURES))
+def test_min_image_size_is_the_smallest_input_the_model_takes(name):
+    arch = ARCHITECTURES[name]
+    model = meta_model(arch).eval()
+
+    def takes(size: int) -> bool:
+        try:
+            return model(torch.empty(2, 3, size, size, device="meta")).shape == (2, 1000)
+        except (RuntimeError, ValueError, AssertionError):
+            return False
+
+    assert takes(arch.min_image_size), f"{name} takes {arch.min_image_size}x{arch.min_image_size} images"
+    if arch.min_image_size > 1 and arch.family != "maxvit":  # MaxViT's 223 rounds to 224's grid; it is served at 224
+        assert not takes(arch.min_image_size - 1), "and nothing smaller"
+
+
 def test_vit_is_built_for_its_native_image_size():
     model = meta_model(ARCHITECTURES["vit_h_14"])
 

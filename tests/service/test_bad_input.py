@@ -148,6 +148,8 @@ BAD_JOBS = [
     ("weights-of-missing-job", {"weights": "job:job_nope"}, 422, "no job with that id", "weights"),
     ("vit-custom-image-size", {"base_model": "vit_b_16", "hyperparameters": {"image_size": 64}}, 422,
      "only takes 224x224", "hyperparameters.image_size"),
+    ("image-too-small-for-alexnet", {"base_model": "alexnet", "hyperparameters": {"image_size": 32}}, 422,
+     "alexnet needs images of at least 63x63 px", "hyperparameters.image_size"),
     ("unknown-dataset", {"dataset_id": "ds_missing"}, 404, "no dataset with id 'ds_missing'", "dataset_id"),
 ]
 

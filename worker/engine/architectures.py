@@ -26,6 +26,7 @@ class Architecture:
     groups: Groups
     head_layer: str
     image_size: int = 224
+    min_image_size: int = 1  # the smallest square input its downsampling takes (convs, pools, patches)
     # Keyword arguments torchvision's builder needs besides num_classes (ViT is built for one image size).
     builder_kwargs: tuple[tuple[str, Any], ...] = ()
 
@@ -72,12 +73,13 @@ def _efficientnet(name: str, family: str, stages: int) -> Architecture:
     return _arch(name, family, groups, "classifier.1")
 
 
-def _four_stages(name: str, family: str, first: str, head: tuple[str, ...], head_layer: str) -> Architecture:
+def _four_stages(name: str, family: str, first: str, head: tuple[str, ...], head_layer: str, *,
+                 min_image_size: int) -> Architecture:
     """ConvNeXt and Swin: `features.0` embeds, then four stages of (downsampling +) blocks."""
     groups = ((first, ("features.0",)), ("stage1", ("features.1",)),
               *((f"stage{k}", (f"features.{2 * k - 2}", f"features.{2 * k - 1}")) for k in range(2, 5)),
               ("head", head))
-    return _arch(name, family, groups, head_layer)
+    return _arch(name, family, groups, head_layer, min_image_size=min_image_size)
 
 
 def _regnet(name: str) -> Architecture:
@@ -92,7 +94,7 @@ def _densenet(name: str) -> Architecture:
               *((f"denseblock{k}", (f"features.denseblock{k}", f"features.transition{k}")) for k in range(1, 4)),
               ("denseblock4", ("features.denseblock4", "features.norm5")),
               ("head", ("classifier",)))
-    return _arch(name, "densenet", groups, "classifier")
+    return _arch(name, "densenet", groups, "classifier", min_image_size=29)
 
 
 # VGG's convolutions per block (between max-pools) in configurations A, B, D and E.
@@ -111,7 +113,7 @@ def _vgg(name: str) -> Architecture:
             index += width
         index += 1  # the max-pool
         groups.append((f"block{k}", tuple(paths)))
-    return _arch(name, "vgg", (*groups, ("head", ("classifier",))), "classifier.6")
+    return _arch(name, "vgg", (*groups, ("head", ("classifier",))), "classifier.6", min_image_size=32)
 
 
 _VIT_LAYERS = {"vit_b_16": 12, "vit_b_32": 12, "vit_l_16": 24, "vit_l_32": 24, "vit_h_14": 32}
@@ -127,14 +129,15 @@ def _vit(name: str) -> Architecture:
                                         for i in range(k * per_stage, (k + 1) * per_stage)))
                 for k in range(4)),
               ("head", ("encoder.ln", "heads")))
-    return _arch(name, "vit", groups, "heads.head", builder_kwargs=(("image_size", _native_size(name)),))
+    return _arch(name, "vit", groups, "heads.head", min_image_size=_native_size(name),
+                 builder_kwargs=(("image_size", _native_size(name)),))
 
 
-def _squeezenet(name: str, stages: tuple[range, ...]) -> Architecture:
+def _squeezenet(name: str, stages: tuple[range, ...], min_image_size: int) -> Architecture:
     """The first conv, then the Fire modules between max-pools; the head's last layer is a 1x1 Conv2d."""
     groups = (("stem", ("features.0",)), *((f"stage{k}", _seq("features", r)) for k, r in enumerate(stages, start=1)),
               ("head", ("classifier",)))
-    return _arch(name, "squeezenet", groups, "classifier.1")
+    return _arch(name, "squeezenet", groups, "classifier.1", min_image_size=min_image_size)
 
 
 def _shufflenet(name: str) -> Architecture:
@@ -154,12 +157,12 @@ def _mnasnet(name: str) -> Architecture:
 _ALEXNET = _arch("alexnet", "alexnet",
                  (("block1", ("features.0",)), ("block2", ("features.3",)),
                   ("block3", ("features.6", "features.8", "features.10")), ("head", ("classifier",))),
-                 "classifier.6")
+                 "classifier.6", min_image_size=63)
 
 _MAXVIT_T = _arch("maxvit_t", "maxvit",
                   (("stem", ("stem",)), *((f"stage{k + 1}", (f"blocks.{k}",)) for k in range(4)),
                    ("head", ("classifier",))),
-                  "classifier.5")
+                  "classifier.5", min_image_size=224)
 
 # GoogLeNet and Inception v3 are left out: built without weights they return auxiliary outputs in training mode,
 # and their pretrained weights expect `transform_input=True`, which a plain torchvision build does not set.
@@ -177,7 +180,7 @@ _ALL = (
     _efficientnet("efficientnet_v2_s", "efficientnet_v2", 6),
     _efficientnet("efficientnet_v2_m", "efficientnet_v2", 7),
     _efficientnet("efficientnet_v2_l", "efficientnet_v2", 7),
-    *(_four_stages(f"convnext_{s}", "convnext", "stem", ("classifier",), "classifier.2")
+    *(_four_stages(f"convnext_{s}", "convnext", "stem", ("classifier",), "classifier.2", min_image_size=32)
       for s in ("tiny", "small", "base", "large")),
     *(_regnet(f"regnet_{kind}_{size}") for kind, sizes in (
         ("x", ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
@@ -185,10 +188,12 @@ _ALL = (
     *(_densenet(f"densenet{d}") for d in (121, 161, 169, 201)),
     *(_vgg(f"vgg{d}{bn}") for d in (11, 13, 16, 19) for bn in ("", "_bn")),
     *(_vit(n) for n in _VIT_LAYERS),
-    *(_four_stages(f"swin_{s}", "swin", "patch_embed", ("norm", "head"), "head") for s in ("t", "s", "b")),
-    *(_four_stages(f"swin_v2_{s}", "swin_v2", "patch_embed", ("norm", "head"), "head") for s in ("t", "s", "b")),
-    _squeezenet("squeezenet1_0", (range(3, 6), range(7, 11), range(12, 13))),
-    _squeezenet("squeezenet1_1", (range(3, 5), range(6, 8), range(9, 13))),
+    *(_four_stages(f"swin_{s}", "swin", "patch_embed", ("norm", "head"), "head", min_image_size=4)
+      for s in ("t", "s", "b")),
+    *(_four_stages(f"swin_v2_{s}", "swin_v2", "patch_embed", ("norm", "head"), "head", min_image_size=4)
+      for s in ("t", "s", "b")),
+    _squeezenet("squeezenet1_0", (range(3, 6), range(7, 11), range(12, 13)), 21),
+    _squeezenet("squeezenet1_1", (range(3, 5), range(6, 8), range(9, 13)), 17),
     *(_shufflenet(f"shufflenet_v2_{w}") for w in ("x0_5", "x1_0", "x1_5", "x2_0")),
     *(_mnasnet(f"mnasnet{w}") for w in ("0_5", "0_75", "1_0", "1_3")),
     _ALEXNET,

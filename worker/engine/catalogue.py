@@ -21,6 +21,7 @@ def describe(arch: Architecture) -> dict:
         "name": arch.name,
         "family": arch.family,
         "image_size": arch.image_size,
+        "min_image_size": arch.min_image_size,
         # Position embeddings (ViT) and window partitions (MaxViT) fix the input size.
         "fixed_image_size": arch.family in FIXED_SIZE_FAMILIES,
         "groups": [
