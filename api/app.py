@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import datasets, jobs, models_catalogue
+from api.archive import out_of_space
 from api.auth import Authenticate
 from api.deps import error_response
 from api.schemas import ErrorBody
@@ -113,6 +114,14 @@ def create_app() -> FastAPI:
         log.warning("database unavailable: %s", exc)
         return error_response(503, "service_unavailable", "the database is unavailable; retry in a few seconds",
                       headers={"Retry-After": "2"})
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if out_of_space(exc):
+            log.error("storage full: %s", exc.strerror)
+            return error_response(507, "insufficient_storage", "the server's storage is full, so nothing was "
+                                  "stored; retry later, or ask the operator to free space under UNFREEZE_STORAGE")
+        return await _internal(request, exc)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -28,6 +28,7 @@ Hostile input is refused before it costs more than the limits (the UNFREEZE_MAX_
 """
 
 import bz2
+import errno
 import gzip
 import json
 import lzma
@@ -140,9 +141,16 @@ def open_archive(path: Path, dest: Path, limits: Limits) -> Iterator[list[Entry]
                              "folders with zip or tar -czf")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
             NotImplementedError) as exc:
+        if out_of_space(exc):
+            raise  # the server's fault, not the archive's: the app answers 507
         # An OSError naming a file would show the server's storage path: give its reason only.
         reason = exc.strerror if isinstance(exc, OSError) and exc.filename else exc
         raise bad_upload(f"the archive is corrupt or truncated ({reason}); create it again and re-upload") from None
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether `exc` is the server's disk (or quota) running full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _too_many_members(limits: Limits) -> ServiceError:
