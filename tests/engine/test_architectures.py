@@ -169,7 +169,10 @@ def test_one_step_through_the_split_chain_trains_exactly_the_unfrozen_groups(nam
     chain = split(forward_steps(model, arch))
     with torch.no_grad():
         whole, chained = model.eval()(images), chain(images)
-    set_train_mode(model, groups, unfrozen, train_bn=False)
+        set_train_mode(model, groups, unfrozen, train_bn=False)
+        # Train mode too (dropout, stochastic depth): the same random draws in the same order.
+        whole_train = seeded(0, model, images)
+        chained_train = seeded(0, chain, images)
     before = {g.name: snapshot(g) for g in groups}
 
     logits = chain(images)
@@ -177,6 +180,7 @@ def test_one_step_through_the_split_chain_trains_exactly_the_unfrozen_groups(nam
     optimizer.step()
 
     assert torch.allclose(chained, whole, rtol=1e-4, atol=1e-5), "prefix then suffix computes the model's forward"
+    assert torch.allclose(chained_train, whole_train, rtol=1e-4, atol=1e-5), "in train mode as well"
     assert ids(p for s in chain.prefix for p in s.parameters()) == ids(p for g in groups[:-2] for p in g.parameters()), \
         "the prefix holds exactly the frozen groups below the lowest unfrozen one"
     assert not chain.run_prefix(images).requires_grad, "the prefix builds no autograd graph"
@@ -190,6 +194,11 @@ def test_one_step_through_the_split_chain_trains_exactly_the_unfrozen_groups(nam
             assert all(map(torch.equal, buffers, buffers_before)), \
                 f"the frozen group '{g.name}' kept its BatchNorm statistics"
             assert all(p.grad is None for p in g.parameters()), f"the frozen group '{g.name}' got no gradient"
+
+
+def seeded(seed: int, forward, images: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return forward(images)
 
 
 def ids(params: Iterable[torch.Tensor]) -> set[int]:

@@ -1,10 +1,12 @@
-"""The forward chain split into a frozen prefix and a trainable suffix: where it is cut, what the prefix keeps
-for backward, and that training the suffix on cached prefix outputs is training the model.
+"""The forward chain split into a frozen prefix and a trainable suffix: where it is cut, that the prefix runs
+without autograd, and that training the suffix on cached prefix outputs is training the model (resnet18, whose
+frozen prefix is deterministic in the engine's train mode; see chains.py for what a cache needs elsewhere).
 
 test_architectures.py checks every architecture's chain against its groups and each family's chain against the
 model's own forward.
 """
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,15 +30,38 @@ def resnet18_with(unfrozen: list[str]) -> tuple[nn.Module, torch.optim.Optimizer
     return model, optimizer
 
 
-def test_the_cut_follows_the_lowest_trainable_group():
-    for unfrozen, first in ((["head"], "fc"), (["head", "layer4"], "layer4"), (["head", "layer2"], "layer2"),
-                            (["head", "layer4", "layer3", "layer2", "layer1", "stem"], "conv1")):
-        model, _ = resnet18_with(unfrozen)
+@pytest.mark.parametrize(("unfrozen", "first"), [
+    (["head"], "fc"), (["head", "layer4"], "layer4"), (["head", "layer2"], "layer2"),
+    (["head", "layer4", "layer3", "layer2", "layer1", "stem"], "conv1"),
+], ids=["head", "layer4", "layer2 alone below the head", "everything"])
+def test_the_cut_follows_the_lowest_trainable_group(unfrozen, first):
+    model, _ = resnet18_with(unfrozen)
 
-        chain = split(forward_steps(model, RESNET18))
+    chain = split(forward_steps(model, RESNET18))
 
-        assert chain.suffix[0].name == first, f"with {unfrozen} unfrozen the suffix starts at {first}"
-        assert not any(p.requires_grad for s in chain.prefix for p in s.parameters()), "the prefix is all frozen"
+    assert chain.suffix[0].name == first, f"with {unfrozen} unfrozen the suffix starts at {first}"
+    assert not any(p.requires_grad for s in chain.prefix for p in s.parameters()), "the prefix is all frozen"
+
+
+def test_with_train_bn_the_first_batchnorm_ends_the_prefix():
+    model = build_model(RESNET18, num_classes=3, weights=None, seed=0)
+    unfreeze(layer_groups(model, RESNET18), ["head"], lr=1e-3, lr_decay=1.5, weight_decay=0.0, train_bn=True)
+
+    chain = split(forward_steps(model, RESNET18))
+
+    assert [s.name for s in chain.prefix] == ["conv1"], "bn1's weights train, so only conv1 stays in the prefix"
+
+
+@pytest.mark.parametrize(("unfrozen", "grad_in_layer1"), [(["head", "layer4"], False), (["head", "layer1"], True)],
+                         ids=["layer1 in the prefix", "layer1 trains"])
+def test_the_prefix_runs_with_autograd_off(unfrozen, grad_in_layer1):
+    model, _ = resnet18_with(unfrozen)
+    seen: list[bool] = []
+    model.layer1.register_forward_pre_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+
+    split(forward_steps(model, RESNET18))(IMAGES)
+
+    assert seen == [grad_in_layer1], "autograd is off exactly while the frozen prefix runs"
 
 
 def test_a_head_only_forward_keeps_no_activation_map_for_backward():
@@ -98,6 +123,6 @@ def test_any_other_model_runs_whole():
 
     chain = split(forward_steps(model, arch))
 
-    assert (chain.prefix, [s.name for s in chain.suffix]) == ((), ["residual"]), \
-        "a forward the engine cannot see into is one step, never cut"
-    assert torch.equal(chain(IMAGES), model(IMAGES))
+    assert chain.prefix == (), "a forward the engine cannot see into is never cut"
+    assert [s.name for s in chain.suffix] == ["residual"], "the whole model is one step"
+    assert torch.equal(chain(IMAGES), model(IMAGES)), "and that step is the model"

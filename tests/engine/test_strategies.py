@@ -74,29 +74,44 @@ def test_pick_takes_the_highest_scores():
 
 
 def test_suffix_down_to_the_lowest_chosen_group():
-    assert suffix_down_to(["layer2"], GROUPS[:-1], GROUPS) == ["layer4", "layer3", "layer2"], \
+    assert suffix_down_to(["layer2"], frozen=GROUPS[:-1], order=GROUPS) == ["layer4", "layer3", "layer2"], \
         "every frozen group from the chosen one up to the output, output first"
-    assert suffix_down_to(["layer4", "layer1"], ["stem", "layer1", "layer2"], GROUPS) == ["layer2", "layer1"], \
-        "the lowest chosen group sets the cut; groups already unfrozen are not added again"
+    assert suffix_down_to(["layer2", "stem"], frozen=["stem", "layer1", "layer2", "layer3"], order=GROUPS) == \
+        ["layer3", "layer2", "layer1", "stem"], "the lowest chosen group sets the cut"
+    assert suffix_down_to(["layer1"], frozen=["stem", "layer1", "layer3"], order=GROUPS) == ["layer3", "layer1"], \
+        "groups already unfrozen are not added again"
 
 
 def test_auto_stage_unfreezes_down_to_the_groups_with_the_highest_signal(trainer_for, new_loaders):
-    trainer, recorder = trainer_for([Stage(("head",), 1, 1e-3), Stage((), 1, 1e-3, auto=True),
-                                     Stage((), 1, 1e-3, auto=True)])
+    trainer, recorder = trainer_for([Stage(("head",), 1, 1e-3), Stage((), 1, 1e-3, auto=True)])
     trainer.fit(*new_loaders())
-    decisions = [data for type_, data in recorder.events if type_ == "unfreeze_decision"]
-    first, k = decisions[0], trainer.config.groups_per_stage
-    scores = first["relative_grad_norm"]
+    (decision,) = [data for type_, data in recorder.events if type_ == "unfreeze_decision"]
+    scores, k = decision["relative_grad_norm"], trainer.config.groups_per_stage
     assert set(scores) == set(GROUPS[:-1]), "every frozen group is measured"
-    assert first["chosen"] == sorted(scores, key=scores.get, reverse=True)[:k], "the highest signals win"
-    assert first["unfreeze"] == suffix_down_to(first["chosen"], GROUPS[:-1], GROUPS), "down to the lowest chosen"
+    assert decision["chosen"] == sorted(scores, key=scores.get, reverse=True)[:k], "the highest signals win"
+    assert decision["unfreeze"] == suffix_down_to(decision["chosen"], frozen=GROUPS[:-1], order=GROUPS), \
+        "down to the lowest chosen group"
     stage2 = [m for m in recorder.metrics if m["stage"] == 2]
-    assert stage2[0]["unfrozen_groups"] == ["head", *first["unfreeze"]]
-    if len(decisions) == 2:
-        assert not set(first["unfreeze"]) & set(decisions[1]["relative_grad_norm"]), \
-            "unfrozen groups are not measured again"
-    else:
-        assert first["unfreeze"][-1] == "stem", "only a decision that unfroze everything ends the choosing"
+    assert stage2[0]["unfrozen_groups"] == ["head", *decision["unfreeze"]]
+
+
+def test_auto_measures_only_the_groups_still_frozen(trainer_for, new_loaders):
+    trainer, recorder = trainer_for([Stage(("head", "layer4"), 1, 1e-3), Stage((), 1, 1e-3, auto=True)])
+    trainer.fit(*new_loaders())
+    (decision,) = [data for type_, data in recorder.events if type_ == "unfreeze_decision"]
+    assert set(decision["relative_grad_norm"]) == {"stem", "layer1", "layer2", "layer3"}, \
+        "groups unfrozen by an earlier stage are not measured again"
+
+
+@pytest.mark.parametrize(("later", "unfrozen", "left"), [
+    ([Stage((), 1, 1e-3, auto=True)] * 2, GROUPS, 0),
+    ([Stage((), 1, 1e-3, auto=True)] * 2, ["head", "layer4"], 2),
+    ([Stage((), 1, 1e-3, auto=True), Stage(("head",), 1, 1e-3, train=("head",))], GROUPS, 2),
+], ids=["auto stages with nothing left to choose", "auto stages with groups still frozen", "a planned stage after"])
+def test_stages_left_counts_the_later_stages_with_something_to_do(trainer_for, later, unfrozen, left):
+    trainer, _ = trainer_for([Stage(("head",), 1, 1e-3), *later])
+    trainer.stage_index, trainer.unfrozen = 0, list(unfrozen)
+    assert trainer.stages_left == left
 
 
 def test_an_auto_stage_that_leaves_nothing_frozen_takes_the_later_auto_stages_epochs(trainer_for, new_loaders):

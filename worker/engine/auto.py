@@ -62,12 +62,12 @@ def pick(scores: dict[str, float], count: int) -> list[str]:
     return ranked[:count]
 
 
-def suffix_down_to(chosen: Collection[str], frozen: Collection[str], order: Sequence[str]) -> list[str]:
-    """The frozen groups from the lowest (input-most) of `chosen` up to the output, output first.
+def suffix_down_to(chosen: Collection[str], *, frozen: Collection[str], order: Sequence[str]) -> list[str]:
+    """The `frozen` groups from the lowest (input-most) of `chosen` up to the output, output first; `order` runs
+    from input to output.
 
-    Training a group costs the backward pass through every group above it, and only a frozen prefix can run
-    without autograd (and be cached), so unfreezing the groups in between costs little more than their
-    optimizer state and keeps the trainable part one suffix.
+    Groups left frozen above a trained one would see their inputs change and could not adapt to it, and training
+    a group already needs the backward pass through every group above it; so the trainable part stays a suffix.
     """
     cut = min(order.index(name) for name in chosen)
     return [name for name in reversed(order[cut:]) if name in frozen]

@@ -1,10 +1,14 @@
 """Each architecture's forward pass as a chain of steps, so the frozen prefix and the trainable suffix run apart.
 
 `forward_steps(model, arch)` spells out torchvision's own `forward` as an ordered list of steps: running them in
-turn computes exactly what `model(x)` computes, with the same modules (hooks included). `split(steps)` cuts the
-chain before the first step that holds a trainable parameter. The prefix then runs under `torch.no_grad()`: it
-keeps no activations for backward, and while it stays frozen and deterministic (eval mode, no augmentation) its
-outputs depend on the input alone, so they can be computed once and cached.
+turn computes what `model(x)` computes, with the same modules (their own hooks fire; hooks on the model or on the
+containers the chain unrolls do not). `split(steps)` cuts the chain before the first step that holds a trainable
+parameter, and the prefix runs under `torch.no_grad()`.
+
+Autograd records nothing for a frozen prefix anyway; the cut is what a cache of prefix outputs needs. Such a cache
+is valid while the prefix stays frozen and deterministic (every prefix module in eval mode: BatchNorm, dropout,
+stochastic depth; no augmentation) and while the suffix does not write into its input (EfficientNet's and MNASNet's
+heads start with an in-place Dropout, so a cache must hand out copies).
 """
 
 from collections.abc import Callable, Sequence
@@ -20,6 +24,8 @@ from worker.engine.architectures import Architecture
 
 @dataclass(frozen=True)
 class Step:
+    """One call of the forward pass, and the modules or tensors whose parameters it uses."""
+
     name: str  # torchvision's path for a module step; a short description for a functional one
     run: Callable[[Tensor], Tensor]
     owns: tuple[nn.Module | nn.Parameter, ...] = ()  # what holds the parameters the step uses

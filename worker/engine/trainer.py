@@ -125,7 +125,7 @@ class Trainer:
         scores = relative_grad_norms(self.model, self.groups, frozen, train_loader, batches=self.config.probe_batches,
                                      device=self.device, autocast=self.autocast)
         chosen = pick(scores, self.config.groups_per_stage)
-        added = suffix_down_to(chosen, frozen, names)
+        added = suffix_down_to(chosen, frozen=frozen, order=names)
         self.emit("unfreeze_decision", f"stage {self.stage_number}: unfreezing {', '.join(added)}; the highest "
                   f"relative gradient norms of {len(frozen)} frozen group(s) are "
                   f"{', '.join(f'{n} {scores[n]:.3g}' for n in chosen)}, and the groups above them train too",
