@@ -19,8 +19,8 @@ from worker.engine.checkpoint import Checkpointer, load_checkpoint
 from worker.engine.data import Sample, image_datasets, make_loaders, split_per_class
 from worker.engine.regularization import add_head_dropout
 from worker.engine.trainer import INTERRUPTED, FitResult, Trainer, TrainingDiverged
-from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, load_model_file,
-                                   save_model_file)
+from worker.engine.weights import (WeightsError, build_model, load_model_file, model_file_preprocessing,
+                                   preprocessing, save_model_file)
 from worker.job_config import fit_config
 from worker.lease import WORKER_NAME, LeaseKeeper
 from worker.reporter import DatabaseReporter
@@ -97,17 +97,19 @@ def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult
     else:
         train_samples, val_samples = split_per_class(samples["train"], inputs.spec["validation_split"], config.seed)
 
-    init_state, mean, std, weights = None, IMAGENET_MEAN, IMAGENET_STD, inputs.weights
+    init_state, weights = None, inputs.weights
     if weights and weights.startswith("job:"):
         init_state, meta = load_model_file(model_path(weights.removeprefix("job:")))
-        mean, std, weights = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"])), None
+        prep, weights = model_file_preprocessing(meta, image_size), None
+    else:
+        prep = preprocessing(arch.name, weights, image_size)
     model = build_model(arch, num_classes=len(classes), weights=weights, init_state=init_state, seed=config.seed,
                         allow_download=settings.allow_downloads)
     hp = inputs.spec["hyperparameters"]
     add_head_dropout(model, arch.head_layer, hp.get("dropout", 0.0))  # a hook: the model file's keys stay the same
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_set, val_set = image_datasets(train_samples, val_samples, image_size=image_size, mean=mean, std=std,
+    train_set, val_set = image_datasets(train_samples, val_samples, preprocessing=prep,
                                         augment=hp.get("augment", False), hflip=hp.get("hflip", False))
     train_loader, val_loader = make_loaders(train_set, val_set,
                                             batch_size=config.batch_size, seed=config.seed,
@@ -127,6 +129,6 @@ def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult
     if outcome.stopped_reason not in INTERRUPTED:
         job_dir(inputs.job_id).mkdir(parents=True, exist_ok=True)
         save_model_file(trainer.model, model_path(inputs.job_id), arch=arch.name, classes=classes,
-                        image_size=image_size, mean=mean, std=std)
+                        preprocessing=prep)
         outcome = replace(outcome, result={**outcome.result, "classes": classes})
     return outcome

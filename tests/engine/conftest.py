@@ -17,7 +17,7 @@ from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.callbacks import Callback
 from worker.engine.chains import forward_steps
 from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
-from worker.engine.data import ImageFiles, Sample, eval_transform, make_loaders
+from worker.engine.data import ImageFiles, Preprocessing, Sample, eval_transform, make_loaders
 from worker.engine.trainer import Trainer
 from worker.engine.weights import IMAGENET_MEAN, IMAGENET_STD, build_model
 
@@ -51,7 +51,7 @@ def digit_samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Sa
 @pytest.fixture
 def new_loaders(digit_samples: dict[str, list[Sample]]) -> Callable[[], tuple[DataLoader, DataLoader]]:
     """Fresh loaders on every call: the training loader's shuffling generator advances as it is used."""
-    transform = eval_transform(IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    transform = eval_transform(Preprocessing(IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD))
 
     def loaders(seed: int = 0, batch_size: int = BATCH_SIZE) -> tuple[DataLoader, DataLoader]:
         return make_loaders(ImageFiles(digit_samples["train"], transform), ImageFiles(digit_samples["val"], transform),

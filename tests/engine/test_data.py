@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine.data import ImageFiles, Sample, eval_transform, make_loaders, split_per_class
+from worker.engine.data import ImageFiles, Preprocessing, Sample, eval_transform, make_loaders, split_per_class
 from worker.engine.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -51,7 +51,7 @@ def test_split_is_reproducible_from_the_seed(digit_samples):
 
 
 def test_image_files_decode_to_normalized_rgb_tensors(digit_samples):
-    dataset = ImageFiles(digit_samples["val"], eval_transform(32, IMAGENET_MEAN, IMAGENET_STD))
+    dataset = ImageFiles(digit_samples["val"], eval_transform(Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD)))
 
     image, label = dataset[0]
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.callbacks import Callback
 from worker.engine.config import EarlyStoppingConfig, FitConfig, Stage
-from worker.engine.data import eval_transform, image_datasets, train_transform
+from worker.engine.data import Preprocessing, eval_transform, image_datasets, train_transform
 from worker.engine.freezing import unfreeze
 from worker.engine.loop import evaluate
 from worker.engine.metrics import top_k_correct
@@ -26,6 +26,8 @@ RESNET18 = ARCHITECTURES["resnet18"]
 BATCH_SIZE = 32
 LR = 1e-2
 CPU = torch.device("cpu")
+
+PLAIN_32 = Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def make_trainer(stages: Sequence[Stage], *, num_classes: int = 3, callbacks: Sequence[Callback] = (),
@@ -181,21 +183,21 @@ def draws(transform, image: Image.Image, n: int = 12) -> list[torch.Tensor]:
 
 
 def test_without_augmentation_training_images_are_the_eval_images(digit_image):
-    plain = train_transform(32, IMAGENET_MEAN, IMAGENET_STD, augment=False, hflip=False)
+    plain = train_transform(PLAIN_32, augment=False, hflip=False)
 
-    assert torch.equal(plain(digit_image), eval_transform(32, IMAGENET_MEAN, IMAGENET_STD)(digit_image))
+    assert torch.equal(plain(digit_image), eval_transform(PLAIN_32)(digit_image))
 
 
 def test_augment_gives_random_crops_of_the_full_size(digit_image):
-    images = draws(train_transform(32, IMAGENET_MEAN, IMAGENET_STD, augment=True), digit_image)
+    images = draws(train_transform(PLAIN_32, augment=True), digit_image)
 
     assert {tuple(x.shape) for x in images} == {(3, 32, 32)}, "crops are resized to image_size"
     assert len({x.sum().item() for x in images}) > 1, "crops differ from draw to draw"
 
 
 def test_hflip_gives_the_eval_image_or_its_mirror(digit_image):
-    centred = eval_transform(32, IMAGENET_MEAN, IMAGENET_STD)(digit_image)
-    images = draws(train_transform(32, IMAGENET_MEAN, IMAGENET_STD, hflip=True), digit_image)
+    centred = eval_transform(PLAIN_32)(digit_image)
+    images = draws(train_transform(PLAIN_32, hflip=True), digit_image)
 
     flipped = [torch.equal(x, centred.flip(-1)) for x in images]
     assert all(f or torch.equal(x, centred) for f, x in zip(flipped, images)), "only flips, no other change"
@@ -203,14 +205,14 @@ def test_hflip_gives_the_eval_image_or_its_mirror(digit_image):
 
 
 def test_augmentation_changes_training_images_but_not_validation_ones(digit_samples):
-    train, val = image_datasets(digit_samples["train"][:1], digit_samples["val"][:1], image_size=32,
-                                mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, hflip=True)
+    train, val = image_datasets(digit_samples["train"][:1], digit_samples["val"][:1], preprocessing=PLAIN_32,
+                                augment=True, hflip=True)
     torch.manual_seed(0)
 
     assert not all(torch.equal(train[0][0], train[0][0]) for _ in range(4)), "training images vary"
     assert all(torch.equal(val[0][0], val[0][0]) for _ in range(4)), "validation images do not"
     with Image.open(digit_samples["val"][0].path) as img:
-        centred = eval_transform(32, IMAGENET_MEAN, IMAGENET_STD)(img.convert("RGB"))
+        centred = eval_transform(PLAIN_32)(img.convert("RGB"))
     assert torch.equal(val[0][0], centred), "validation keeps the eval transform"
 
 

@@ -3,13 +3,16 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from worker.engine.architectures import ARCHITECTURES
+from worker.engine.data import Preprocessing, eval_transform
 from worker.engine.weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsError, build_model, cached_weights_path,
-                                   load_model_file, save_model_file)
+                                   load_model_file, model_file_preprocessing, preprocessing, save_model_file)
 
 RESNET18 = ARCHITECTURES["resnet18"]
 
@@ -53,8 +56,8 @@ def test_model_file_round_trip(tmp_path):
     model.bn1.running_mean.uniform_()  # a buffer that is not at its initial value
     path = tmp_path / "model.safetensors"
 
-    save_model_file(model, path, arch="resnet18", classes=["zero", "one", "two"], image_size=32,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    save_model_file(model, path, arch="resnet18", classes=["zero", "one", "two"],
+                    preprocessing=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD, resize_size=37, interpolation="bicubic"))
     state, metadata = load_model_file(path)
 
     expected = model.state_dict()
@@ -65,7 +68,8 @@ def test_model_file_round_trip(tmp_path):
         "every tensor comes back unchanged"
     assert metadata["arch"] == "resnet18"
     assert json.loads(metadata["classes"]) == ["zero", "one", "two"], "classes as a JSON list, in order"
-    assert int(metadata["image_size"]) == 32
+    assert int(metadata["image_size"]) == 32 and int(metadata["resize_size"]) == 37, "crop and resize sizes"
+    assert metadata["interpolation"] == "bicubic"
     assert json.loads(metadata["mean"]) == list(IMAGENET_MEAN) and json.loads(metadata["std"]) == list(IMAGENET_STD)
     assert list(tmp_path.iterdir()) == [path], "no temporary file is left behind"
 
@@ -74,8 +78,8 @@ def test_model_file_starts_a_new_model(tmp_path):
     """An earlier job's model file as `init_state`: its body is kept and the head is new."""
     earlier = build_model(RESNET18, num_classes=5, weights=None, seed=1)
     path = tmp_path / "model.safetensors"
-    save_model_file(earlier, path, arch="resnet18", classes=list("abcde"), image_size=32,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    save_model_file(earlier, path, arch="resnet18", classes=list("abcde"),
+                    preprocessing=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD))
     init_state, _ = load_model_file(path)
 
     model = build_model(RESNET18, num_classes=3, weights=None, init_state=init_state)
@@ -84,3 +88,38 @@ def test_model_file_starts_a_new_model(tmp_path):
     assert [k for k in init_state if not k.startswith("fc.") and not torch.equal(state[k], init_state[k])] == [], \
         "every tensor outside the head comes from the earlier model"
     assert model.fc.out_features == 3, "the head is new, for 3 classes"
+
+
+def photo() -> Image.Image:
+    """A 300x260 RGB image with detail at every scale, so resizing and cropping differences show."""
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("arch", "weights", "resize", "interpolation"), [
+    ("resnet50", "IMAGENET1K_V2", 232, "bilinear"), ("efficientnet_b0", "DEFAULT", 256, "bicubic"),
+], ids=["resnet50 v2", "efficientnet_b0"])
+def test_evaluation_preprocessing_is_the_weights_own(arch, weights, resize, interpolation):
+    preset = torchvision.models.get_model_weights(arch)[weights].transforms()
+
+    p = preprocessing(arch, weights, 224)
+
+    assert (p.resize, p.interpolation) == (resize, interpolation), "the preset's resize margin and interpolation"
+    assert torch.equal(eval_transform(p)(photo()), preset(photo())), "the same tensor as weights.transforms()"
+
+
+def test_preprocessing_scales_the_margin_to_the_image_size():
+    assert preprocessing("resnet50", "IMAGENET1K_V2", 112).resize == round(112 * 232 / 224), "resize/crop kept"
+    assert preprocessing("resnet50", None, 112) == Preprocessing(112, IMAGENET_MEAN, IMAGENET_STD), \
+        "a randomly initialised model: ImageNet statistics, no margin"
+
+
+def test_a_model_files_preprocessing_carries_over_to_a_new_size():
+    metadata = {"image_size": "224", "resize_size": "256", "interpolation": "bicubic",
+                "mean": json.dumps([0.5] * 3), "std": json.dumps([0.25] * 3)}
+
+    p = model_file_preprocessing(metadata, 112)
+
+    assert p == Preprocessing(112, (0.5,) * 3, (0.25,) * 3, resize_size=128, interpolation="bicubic")
+    older = {k: v for k, v in metadata.items() if k not in ("resize_size", "interpolation")}
+    assert model_file_preprocessing(older, 112).resize == 112, "a file without a margin gets none"

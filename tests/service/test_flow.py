@@ -114,6 +114,7 @@ def test_gradual_fine_tune_end_to_end(client, stack, base_job, target_dataset):
         assert "layer4.1.bn2.running_mean" in f.keys()
     assert meta["arch"] == "resnet18" and json.loads(meta["classes"]) == ["5", "6", "7", "8", "9"]
     assert meta["image_size"] == "32" and len(json.loads(meta["mean"])) == 3 and len(json.loads(meta["std"])) == 3
+    assert meta["resize_size"] == "32" and meta["interpolation"] == "bilinear", "no margin without pretrained weights"
 
 
 def test_small_patience_stops_stages_early_and_then_unfreezing(client, base_job, target_dataset):

@@ -29,25 +29,45 @@ def split_per_class(samples: Sequence[Sample], val_fraction: float, seed: int) -
     return train, val
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+@dataclass(frozen=True)
+class Preprocessing:
+    """The numbers of torchvision's ImageClassification preset (what `weights.transforms()` builds): resize the
+    shorter side to `resize_size` with `interpolation`, centre-crop `crop_size`, scale to [0, 1], normalize."""
+
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize_size: int | None = None  # None: the crop size, so no margin is cropped away
+    interpolation: str = "bilinear"  # a torchvision InterpolationMode value
+
+    @property
+    def resize(self) -> int:
+        return self.resize_size or self.crop_size
+
+
+def eval_transform(p: Preprocessing) -> transforms.Compose:
+    """The preset's steps in its order (resize and crop the PIL image, then tensor), so it gives the same numbers."""
     return transforms.Compose([
-        transforms.Resize(image_size, antialias=True),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
+        transforms.Resize(p.resize, interpolation=transforms.InterpolationMode(p.interpolation), antialias=True),
+        transforms.CenterCrop(p.crop_size),
+        transforms.PILToTensor(),
+        transforms.ConvertImageDtype(torch.float32),
+        transforms.Normalize(p.mean, p.std),
     ])
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *, augment: bool = False,
-                    hflip: bool = False) -> transforms.Compose:
+def train_transform(p: Preprocessing, *, augment: bool = False, hflip: bool = False) -> transforms.Compose:
     """The training images' preprocessing: with `augment`, a random resized crop (scale 0.7-1, the aspect ratio
-    3/4-4/3) in place of the centre crop; with `hflip`, a random horizontal flip; otherwise `eval_transform`."""
+    3/4-4/3) in place of resize and centre crop; with `hflip`, a random horizontal flip; otherwise `eval_transform`."""
     if not (augment or hflip):
-        return eval_transform(image_size, mean, std)
-    crop = ([transforms.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True)] if augment
-            else [transforms.Resize(image_size, antialias=True), transforms.CenterCrop(image_size)])
+        return eval_transform(p)
+    mode = transforms.InterpolationMode(p.interpolation)
+    crop = ([transforms.RandomResizedCrop(p.crop_size, scale=(0.7, 1.0), interpolation=mode, antialias=True)]
+            if augment else [transforms.Resize(p.resize, interpolation=mode, antialias=True),
+                             transforms.CenterCrop(p.crop_size)])
     flip = [transforms.RandomHorizontalFlip()] if hflip else []
-    return transforms.Compose([*crop, *flip, transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return transforms.Compose([*crop, *flip, transforms.PILToTensor(), transforms.ConvertImageDtype(torch.float32),
+                               transforms.Normalize(p.mean, p.std)])
 
 
 class ImageFiles(Dataset):
@@ -66,11 +86,11 @@ class ImageFiles(Dataset):
             return self.transform(img.convert("RGB")), sample.label
 
 
-def image_datasets(train: Sequence[Sample], val: Sequence[Sample], *, image_size: int, mean: Sequence[float],
-                   std: Sequence[float], augment: bool = False, hflip: bool = False) -> tuple[ImageFiles, ImageFiles]:
+def image_datasets(train: Sequence[Sample], val: Sequence[Sample], *, preprocessing: Preprocessing,
+                   augment: bool = False, hflip: bool = False) -> tuple[ImageFiles, ImageFiles]:
     """Training images through `train_transform` (augmented as asked), validation images through `eval_transform`."""
-    return (ImageFiles(train, train_transform(image_size, mean, std, augment=augment, hflip=hflip)),
-            ImageFiles(val, eval_transform(image_size, mean, std)))
+    return (ImageFiles(train, train_transform(preprocessing, augment=augment, hflip=hflip)),
+            ImageFiles(val, eval_transform(preprocessing)))
 
 
 def make_loaders(train: Dataset, val: Dataset, *, batch_size: int, seed: int, workers: int = 0,

@@ -12,6 +12,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 
 from worker.engine.architectures import Architecture
+from worker.engine.data import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,6 +44,28 @@ def torchvision_state_dict(arch: str, weights: str, *, allow_download: bool) -> 
         return enum.get_state_dict(progress=False)
     except Exception as exc:  # network failures and corrupt cache files surface as many types
         raise WeightsError(f"could not load the {arch} weights '{weights}' from {path}: {exc}") from exc
+
+
+def preprocessing(arch: str, weights: str | None, image_size: int) -> Preprocessing:
+    """The evaluation preprocessing of torchvision's named `weights` (`weights.transforms()`: mean, std,
+    interpolation, and the resize margin around the crop, scaled to `image_size`); ImageNet's statistics and no
+    margin for a randomly initialised model."""
+    if weights is None:
+        return Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    preset = torchvision.models.get_model_weights(arch)[weights].transforms()
+    return Preprocessing(image_size, tuple(preset.mean), tuple(preset.std),
+                         resize_size=round(image_size * preset.resize_size[0] / preset.crop_size[0]),
+                         interpolation=preset.interpolation.value)
+
+
+def model_file_preprocessing(metadata: Mapping[str, str], image_size: int) -> Preprocessing:
+    """The preprocessing an earlier job's model was trained with, at `image_size` (files written before the
+    resize margin was recorded have none)."""
+    crop = int(metadata["image_size"])
+    resize = int(metadata.get("resize_size", crop))
+    return Preprocessing(image_size, tuple(json.loads(metadata["mean"])), tuple(json.loads(metadata["std"])),
+                         resize_size=round(image_size * resize / crop),
+                         interpolation=metadata.get("interpolation", "bilinear"))
 
 
 def replace_head(model: nn.Module, arch: Architecture, num_classes: int) -> None:
@@ -99,16 +122,20 @@ def build_model(
     return model
 
 
-def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[str], image_size: int,
-                    mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Write the model's state dict (torchvision key names) as safetensors, atomically."""
+def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[str],
+                    preprocessing: Preprocessing) -> None:
+    """Write the model's state dict (torchvision key names) as safetensors, atomically, with what a client needs
+    to use it: the classes in output order and the preprocessing."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    p = preprocessing
     metadata = {
         "arch": arch,
         "classes": json.dumps(classes),
-        "image_size": str(image_size),
-        "mean": json.dumps(list(mean)),
-        "std": json.dumps(list(std)),
+        "image_size": str(p.crop_size),
+        "resize_size": str(p.resize),
+        "interpolation": p.interpolation,
+        "mean": json.dumps(list(p.mean)),
+        "std": json.dumps(list(p.std)),
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata=metadata)
