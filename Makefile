@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench bench-prefix catalogue clean
+.PHONY: install run demo test bench bench-prefix bench-cuda catalogue clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ bench: $(STAMP)
 
 bench-prefix: $(STAMP)
 	$(BIN)/python -m bench.prefix
+
+bench-cuda: $(STAMP)
+	$(BIN)/python -m bench.cuda
 
 catalogue: $(STAMP)
 	$(BIN)/python -m worker.engine.catalogue > models/catalogue.json

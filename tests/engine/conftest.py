@@ -109,18 +109,20 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def trainer_for() -> Callable[..., tuple[Trainer, Recorder]]:
-    """A CPU Trainer of a freshly built resnet18 for a plan of stages, with a Recorder as its first extra callback."""
+    """A Trainer (CPU unless `device`) of a freshly built resnet18 for a plan of stages, with a Recorder as its
+    first extra callback."""
 
     def make(stages: Sequence[Stage], *, early_stopping: EarlyStoppingConfig = EarlyStoppingConfig(patience=10),
              max_epochs: int = 30, train_bn: bool = False, seed: int = 0, snapshots: bool = False,
-             callbacks: Sequence[Callback] = (), **options: Any) -> tuple[Trainer, Recorder]:
+             callbacks: Sequence[Callback] = (), device: torch.device = torch.device("cpu"),
+             **options: Any) -> tuple[Trainer, Recorder]:
         arch = ARCHITECTURES["resnet18"]
         model = build_model(arch, num_classes=len(CLASSES), weights=None, seed=seed)
         config = FitConfig(stages=tuple(stages), early_stopping=early_stopping, train_bn=train_bn,
                            batch_size=BATCH_SIZE, max_epochs=max_epochs, seed=seed, **options)
         recorder = Recorder(snapshots=snapshots)
         trainer = Trainer(model=model, groups=layer_groups(model, arch), config=config, num_classes=len(CLASSES),
-                          device=torch.device("cpu"), callbacks=[recorder, *callbacks],
+                          device=device, callbacks=[recorder, *callbacks],
                           steps=forward_steps(model, arch))
         return trainer, recorder
 
