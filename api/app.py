@@ -10,11 +10,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import datasets, jobs, models_catalogue
-from api.archive import out_of_space
 from api.auth import Authenticate
 from api.deps import error_response
 from api.schemas import ErrorBody
-from models.errors import ServiceError
+from models.errors import ServiceError, out_of_space
 from models.settings import get_settings
 
 log = logging.getLogger("unfreeze.api")
@@ -67,6 +66,13 @@ def _param(loc: tuple) -> str | None:
     return text or None
 
 
+def _storage_full() -> JSONResponse:
+    log.error("storage full while handling a request")
+    return error_response(507, "insufficient_storage", "the server's storage is full, so nothing was stored; retry "
+                          "later, or ask the operator to free space (UNFREEZE_STORAGE, the database's disk, the "
+                          "temporary folder)")
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Unfreeze", version="1", description="Self-hosted fine-tuning with staged unfreezing.",
                   responses={"default": {"model": ErrorBody, "description": "Error"}})
@@ -99,6 +105,8 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if out_of_space(exc.__cause__):  # the upload's temporary spool file could not be written
+            return _storage_full()
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
         return error_response(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
 
@@ -111,17 +119,15 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        if out_of_space(exc):
+            return _storage_full()
         log.warning("database unavailable: %s", exc)
         return error_response(503, "service_unavailable", "the database is unavailable; retry in a few seconds",
                       headers={"Retry-After": "2"})
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:
-        if out_of_space(exc):
-            log.error("storage full: %s", exc.strerror)
-            return error_response(507, "insufficient_storage", "the server's storage is full, so nothing was "
-                                  "stored; retry later, or ask the operator to free space under UNFREEZE_STORAGE")
-        return await _internal(request, exc)
+        return _storage_full() if out_of_space(exc) else await _internal(request, exc)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -28,7 +28,6 @@ Hostile input is refused before it costs more than the limits (the UNFREEZE_MAX_
 """
 
 import bz2
-import errno
 import gzip
 import json
 import lzma
@@ -49,7 +48,7 @@ from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
-from models.errors import ServiceError, bad_upload
+from models.errors import ServiceError, bad_upload, out_of_space
 from models.settings import get_settings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -146,11 +145,6 @@ def open_archive(path: Path, dest: Path, limits: Limits) -> Iterator[list[Entry]
         # An OSError naming a file would show the server's storage path: give its reason only.
         reason = exc.strerror if isinstance(exc, OSError) and exc.filename else exc
         raise bad_upload(f"the archive is corrupt or truncated ({reason}); create it again and re-upload") from None
-
-
-def out_of_space(exc: BaseException) -> bool:
-    """Whether `exc` is the server's disk (or quota) running full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _too_many_members(limits: Limits) -> ServiceError:

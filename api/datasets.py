@@ -48,7 +48,7 @@ def tenant_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset
 
 
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload an image-folder archive",
-             responses=error_responses(400, 409, 413, 429))
+             responses=error_responses(400, 409, 413, 429, 507))
 def upload_dataset(
     file: Annotated[UploadFile, File(description=".zip or .tar.gz of <class>/<image> (optionally train/, val/)")],
     session: Annotated[Session, Depends(get_session)],
@@ -77,6 +77,8 @@ def upload_dataset(
             session.add(row)
             session.commit()
         except BaseException:
+            # Free the space at once: a full disk may be what failed, and the idempotency key's row must go next.
+            shutil.rmtree(incoming, ignore_errors=True)
             shutil.rmtree(final, ignore_errors=True)
             raise
         return DatasetOut.model_validate(row)

@@ -169,6 +169,7 @@ _ERRORS = {
     422: ("Invalid request; `param` names the offending field", {}),
     429: ("Too many write requests with this API key; retry after Retry-After seconds", {"Retry-After": "seconds"}),
     503: ("The database or the job queue is unreachable; nothing was stored, retry", {"Retry-After": "seconds"}),
+    507: ("The server's storage ran full while storing the request; nothing was stored", {}),
 }
 
 

@@ -1,5 +1,7 @@
 """Domain errors: a type, a message a person can act on, and the offending parameter."""
 
+import errno
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -28,3 +30,12 @@ def not_found(kind: str, id_: str, param: str | None = None) -> ServiceError:
 
 def conflict(message: str, param: str | None = None) -> ServiceError:
     return ServiceError(409, "conflict", message, param)
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc` is the server's disk (or quota) running full: an OSError, or the database's own
+    disk-full error (SQLite's SQLITE_FULL, Postgres's SQLSTATE 53100) wrapped by SQLAlchemy."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == "53100"

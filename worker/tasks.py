@@ -129,6 +129,6 @@ def run(inputs: JobInputs, *, lease: LeaseKeeper, attempt: int = 1) -> FitResult
     if outcome.stopped_reason not in INTERRUPTED:
         job_dir(inputs.job_id).mkdir(parents=True, exist_ok=True)
         save_model_file(trainer.model, model_path(inputs.job_id), arch=arch.name, classes=classes,
-                        preprocessing=prep)
+                        prep=prep)
         outcome = replace(outcome, result={**outcome.result, "classes": classes})
     return outcome

@@ -321,6 +321,18 @@ def test_generic_grouping_needs_a_classifier_layer():
         generic_architecture(model, "no_head")
 
 
+def test_fixed_size_models_are_offered_only_weights_of_their_size():
+    served = catalogue()
+
+    assert "IMAGENET1K_SWAG_E2E_V1" not in served["vit_b_16"]["weights"], "384 px weights for a 224 px model"
+    assert "IMAGENET1K_SWAG_LINEAR_V1" in served["vit_b_16"]["weights"], "224 px SWAG weights fit"
+    assert "IMAGENET1K_SWAG_LINEAR_V1" not in served["vit_h_14"]["weights"], "224 px weights for a 518 px model"
+    for name, model in served.items():
+        if model["fixed_image_size"]:
+            sizes = {torchvision.models.get_model_weights(name)[w].transforms().crop_size[0] for w in model["weights"]}
+            assert sizes == {model["image_size"]}, f"{name}: every weights name it offers is for its size"
+
+
 def test_served_catalogue_is_in_step_with_the_engine():
     served = json.loads(SERVED_CATALOGUE.read_text())
 

@@ -57,7 +57,7 @@ def test_model_file_round_trip(tmp_path):
     path = tmp_path / "model.safetensors"
 
     save_model_file(model, path, arch="resnet18", classes=["zero", "one", "two"],
-                    preprocessing=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD, resize_size=37, interpolation="bicubic"))
+                    prep=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD, resize_ratio=1.15, interpolation="bicubic"))
     state, metadata = load_model_file(path)
 
     expected = model.state_dict()
@@ -69,6 +69,7 @@ def test_model_file_round_trip(tmp_path):
     assert metadata["arch"] == "resnet18"
     assert json.loads(metadata["classes"]) == ["zero", "one", "two"], "classes as a JSON list, in order"
     assert int(metadata["image_size"]) == 32 and int(metadata["resize_size"]) == 37, "crop and resize sizes"
+    assert float(metadata["resize_ratio"]) == 1.15, "the exact ratio, for later jobs at other sizes"
     assert metadata["interpolation"] == "bicubic"
     assert json.loads(metadata["mean"]) == list(IMAGENET_MEAN) and json.loads(metadata["std"]) == list(IMAGENET_STD)
     assert list(tmp_path.iterdir()) == [path], "no temporary file is left behind"
@@ -79,7 +80,7 @@ def test_model_file_starts_a_new_model(tmp_path):
     earlier = build_model(RESNET18, num_classes=5, weights=None, seed=1)
     path = tmp_path / "model.safetensors"
     save_model_file(earlier, path, arch="resnet18", classes=list("abcde"),
-                    preprocessing=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD))
+                    prep=Preprocessing(32, IMAGENET_MEAN, IMAGENET_STD))
     init_state, _ = load_model_file(path)
 
     model = build_model(RESNET18, num_classes=3, weights=None, init_state=init_state)
@@ -109,17 +110,24 @@ def test_evaluation_preprocessing_is_the_weights_own(arch, weights, resize, inte
 
 
 def test_preprocessing_scales_the_margin_to_the_image_size():
-    assert preprocessing("resnet50", "IMAGENET1K_V2", 112).resize == round(112 * 232 / 224), "resize/crop kept"
+    assert preprocessing("resnet50", "IMAGENET1K_V2", 112).resize == 116, "232/224 of 112 px"
+    assert preprocessing("efficientnet_b1", "IMAGENET1K_V2", 40).resize == 43, "255/240 of 40 = 42.5, rounded up"
     assert preprocessing("resnet50", None, 112) == Preprocessing(112, IMAGENET_MEAN, IMAGENET_STD), \
         "a randomly initialised model: ImageNet statistics, no margin"
 
 
+def test_unknown_weights_are_a_weights_error():
+    with pytest.raises(WeightsError, match="resnet18 has no torchvision weights named 'IMAGENET9K'"):
+        preprocessing("resnet18", "IMAGENET9K", 224)
+
+
 def test_a_model_files_preprocessing_carries_over_to_a_new_size():
-    metadata = {"image_size": "224", "resize_size": "256", "interpolation": "bicubic",
-                "mean": json.dumps([0.5] * 3), "std": json.dumps([0.25] * 3)}
+    metadata = {"image_size": "100", "resize_size": "114", "resize_ratio": repr(256 / 224),
+                "interpolation": "bicubic", "mean": json.dumps([0.5] * 3), "std": json.dumps([0.25] * 3)}
 
-    p = model_file_preprocessing(metadata, 112)
+    p = model_file_preprocessing(metadata, 224)
 
-    assert p == Preprocessing(112, (0.5,) * 3, (0.25,) * 3, resize_size=128, interpolation="bicubic")
-    older = {k: v for k, v in metadata.items() if k not in ("resize_size", "interpolation")}
+    assert p == Preprocessing(224, (0.5,) * 3, (0.25,) * 3, resize_ratio=256 / 224, interpolation="bicubic")
+    assert p.resize == 256, "the exact ratio, not 114/100 rounded again"
+    older = {k: v for k, v in metadata.items() if k not in ("resize_size", "resize_ratio", "interpolation")}
     assert model_file_preprocessing(older, 112).resize == 112, "a file without a margin gets none"

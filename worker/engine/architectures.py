@@ -133,7 +133,7 @@ def _vit(name: str) -> Architecture:
                  builder_kwargs=(("image_size", _native_size(name)),))
 
 
-def _squeezenet(name: str, stages: tuple[range, ...], min_image_size: int) -> Architecture:
+def _squeezenet(name: str, stages: tuple[range, ...], *, min_image_size: int) -> Architecture:
     """The first conv, then the Fire modules between max-pools; the head's last layer is a 1x1 Conv2d."""
     groups = (("stem", ("features.0",)), *((f"stage{k}", _seq("features", r)) for k, r in enumerate(stages, start=1)),
               ("head", ("classifier",)))
@@ -192,8 +192,8 @@ _ALL = (
       for s in ("t", "s", "b")),
     *(_four_stages(f"swin_v2_{s}", "swin_v2", "patch_embed", ("norm", "head"), "head", min_image_size=4)
       for s in ("t", "s", "b")),
-    _squeezenet("squeezenet1_0", (range(3, 6), range(7, 11), range(12, 13)), 21),
-    _squeezenet("squeezenet1_1", (range(3, 5), range(6, 8), range(9, 13)), 17),
+    _squeezenet("squeezenet1_0", (range(3, 6), range(7, 11), range(12, 13)), min_image_size=21),
+    _squeezenet("squeezenet1_1", (range(3, 5), range(6, 8), range(9, 13)), min_image_size=17),
     *(_shufflenet(f"shufflenet_v2_{w}") for w in ("x0_5", "x1_0", "x1_5", "x2_0")),
     *(_mnasnet(f"mnasnet{w}") for w in ("0_5", "0_75", "1_0", "1_3")),
     _ALEXNET,

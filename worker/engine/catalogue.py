@@ -29,9 +29,15 @@ def describe(arch: Architecture) -> dict:
             for g, (_, paths) in zip(layer_groups(model, arch), arch.groups, strict=True)
         ],
         "head_layer": arch.head_layer,
-        "weights": ["DEFAULT", *(w.name for w in weights)],
+        "weights": ["DEFAULT", *(w.name for w in weights if _fits(arch, w))],
         "default_weights": weights.DEFAULT.name,
     }
+
+
+def _fits(arch: Architecture, weights: torchvision.models.WeightsEnum) -> bool:
+    """Weights for another image size cannot load into a fixed-size model (ViT's position embedding has one
+    entry per patch): vit_b_16's SWAG_E2E_V1 is for 384 px, vit_h_14's SWAG_LINEAR_V1 for 224."""
+    return arch.family not in FIXED_SIZE_FAMILIES or weights.transforms().crop_size[0] == arch.image_size
 
 
 def catalogue() -> dict:

@@ -1,5 +1,6 @@
 """Image files on disk as a torch Dataset, the per-class validation split and the preprocessing."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,12 @@ class Preprocessing:
     crop_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    resize_size: int | None = None  # None: the crop size, so no margin is cropped away
+    resize_ratio: float = 1.0  # resize size / crop size; 1: no margin is cropped away
     interpolation: str = "bilinear"  # a torchvision InterpolationMode value
 
     @property
     def resize(self) -> int:
-        return self.resize_size or self.crop_size
+        return math.floor(self.crop_size * self.resize_ratio + 0.5)
 
 
 def eval_transform(p: Preprocessing) -> transforms.Compose:

@@ -48,24 +48,25 @@ def torchvision_state_dict(arch: str, weights: str, *, allow_download: bool) -> 
 
 def preprocessing(arch: str, weights: str | None, image_size: int) -> Preprocessing:
     """The evaluation preprocessing of torchvision's named `weights` (`weights.transforms()`: mean, std,
-    interpolation, and the resize margin around the crop, scaled to `image_size`); ImageNet's statistics and no
-    margin for a randomly initialised model."""
+    interpolation, and the resize margin around the crop, kept in proportion at `image_size`); ImageNet's
+    statistics and no margin for a randomly initialised model."""
     if weights is None:
         return Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
-    preset = torchvision.models.get_model_weights(arch)[weights].transforms()
+    try:
+        preset = torchvision.models.get_model_weights(arch)[weights].transforms()
+    except KeyError:
+        raise WeightsError(f"{arch} has no torchvision weights named '{weights}'") from None
     return Preprocessing(image_size, tuple(preset.mean), tuple(preset.std),
-                         resize_size=round(image_size * preset.resize_size[0] / preset.crop_size[0]),
+                         resize_ratio=preset.resize_size[0] / preset.crop_size[0],
                          interpolation=preset.interpolation.value)
 
 
 def model_file_preprocessing(metadata: Mapping[str, str], image_size: int) -> Preprocessing:
     """The preprocessing an earlier job's model was trained with, at `image_size` (files written before the
     resize margin was recorded have none)."""
-    crop = int(metadata["image_size"])
-    resize = int(metadata.get("resize_size", crop))
+    ratio = float(metadata.get("resize_ratio", 1.0))
     return Preprocessing(image_size, tuple(json.loads(metadata["mean"])), tuple(json.loads(metadata["std"])),
-                         resize_size=round(image_size * resize / crop),
-                         interpolation=metadata.get("interpolation", "bilinear"))
+                         resize_ratio=ratio, interpolation=metadata.get("interpolation", "bilinear"))
 
 
 def replace_head(model: nn.Module, arch: Architecture, num_classes: int) -> None:
@@ -122,24 +123,26 @@ def build_model(
     return model
 
 
-def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[str],
-                    preprocessing: Preprocessing) -> None:
+def save_model_file(model: nn.Module, path: Path, *, arch: str, classes: list[str], prep: Preprocessing) -> None:
     """Write the model's state dict (torchvision key names) as safetensors, atomically, with what a client needs
     to use it: the classes in output order and the preprocessing."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    p = preprocessing
     metadata = {
         "arch": arch,
         "classes": json.dumps(classes),
-        "image_size": str(p.crop_size),
-        "resize_size": str(p.resize),
-        "interpolation": p.interpolation,
-        "mean": json.dumps(list(p.mean)),
-        "std": json.dumps(list(p.std)),
+        "image_size": str(prep.crop_size),
+        "resize_size": str(prep.resize),
+        "resize_ratio": repr(prep.resize_ratio),  # exact, so a chain of jobs does not compound rounding
+        "interpolation": prep.interpolation,
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write (a full disk), nothing half-written stays
 
 
 def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
