@@ -5,15 +5,14 @@ Prints one table and writes it into docs/benchmarks.md. Needs a GPU: `python -m 
 lends one (about a minute).
 """
 
-import re
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.report import publish
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.chains import forward_steps, split
 from worker.engine.freezing import set_train_mode, unfreeze
@@ -21,8 +20,6 @@ from worker.engine.trainer import precision_context
 from worker.engine.weights import build_model
 
 ARCH, BATCH, SIZE, WARMUP, STEPS = ARCHITECTURES["resnet50"], 64, 224, 5, 30
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- cuda-benchmark -->", "<!-- /cuda-benchmark -->"
 
 
 def images_per_second(unfrozen: list[str], autocast, device: torch.device) -> float:
@@ -64,14 +61,8 @@ def main() -> int:
         bf16 = images_per_second(unfrozen, precision_context(device), device)
         rows.append(f"| {label} | {fp32:.0f} | {bf16:.0f} | {bf16 / fp32:.2f}× |")
         print(rows[-1], flush=True)
-    table = "\n".join([f"Measured {time.strftime('%Y-%m-%d')} on {torch.cuda.get_device_name()}, torch "
-                       f"{torch.__version__}; resnet50, batch {BATCH} of {SIZE}×{SIZE} random images, {STEPS} "
-                       f"steps after {WARMUP} warm-up.", "", *rows])
-    print("\n" + table)
-    text = DOCS.read_text()
-    block = f"{START}\n{table}\n{END}"
-    text = re.sub(f"{START}.*?{END}", block, text, flags=re.S) if START in text else text + "\n" + block + "\n"
-    DOCS.write_text(text)
+    publish("cuda-benchmark", f"{torch.cuda.get_device_name()}, torch {torch.__version__}; resnet50, batch {BATCH} of "
+            f"{SIZE}×{SIZE} random images, {STEPS} steps after {WARMUP} warm-up", rows)
     return 0
 
 

@@ -7,24 +7,21 @@ table and writes it into docs/benchmarks.md.  Usage: `make bench-prefix` (about 
 """
 
 import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.report import publish
 from worker.engine.architectures import ARCHITECTURES, layer_groups
 from worker.engine.chains import forward_steps, split
 from worker.engine.freezing import set_train_mode, unfreeze
 from worker.engine.weights import build_model
 
 BATCH, SIZE, REPEATS = 32, 64, 8
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- prefix-benchmark -->", "<!-- /prefix-benchmark -->"
 
 
 def median_seconds(step: Callable[[], None]) -> float:
@@ -91,13 +88,8 @@ def main() -> int:
         print(rows[-1], flush=True)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
                f"torch {torch.__version__}, cpu")
-    table = "\n".join([f"Measured {time.strftime('%Y-%m-%d')} on {machine}; batch {BATCH} of {SIZE}×{SIZE} images, "
-                       f"median of {REPEATS} steps after one warm-up; × = relative to the forward pass.", "", *rows])
-    print("\n" + table)
-    text = DOCS.read_text()
-    block = f"{START}\n{table}\n{END}"
-    text = re.sub(f"{START}.*?{END}", block, text, flags=re.S) if START in text else text + "\n" + block + "\n"
-    DOCS.write_text(text)
+    publish("prefix-benchmark", f"{machine}; batch {BATCH} of {SIZE}×{SIZE} images, median of {REPEATS} steps after "
+            "one warm-up; × = relative to the forward pass", rows)
     return 0
 
 

@@ -8,12 +8,10 @@ docs/benchmarks.md.  Usage: `make bench` (about 6 minutes on 2 CPU cores).
 """
 
 import platform
-import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +21,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench.report import publish
 from models.plan import resolve_plan
 from models.spec import EarlyStopping, Hyperparameters, Strategy
 from worker.engine.architectures import ARCHITECTURES, layer_groups
@@ -36,8 +35,6 @@ from worker.job_config import fit_config
 SEEDS = (0, 1, 2)
 BUDGET = 12
 ARCH = ARCHITECTURES["resnet18"]
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- transfer-benchmark -->", "<!-- /transfer-benchmark -->"
 
 # name -> (strategy fields, early-stopping fields); epochs per stage chosen so each plan fits 12 epochs.
 METHODS = {
@@ -177,14 +174,8 @@ def main() -> int:
         print(rows[-1], flush=True)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}, "
                f"Python {platform.python_version()}, torch {torch.__version__}")
-    table = "\n".join([f"Measured {time.strftime('%Y-%m-%d')} on {machine}; seeds {list(SEEDS)}; budget {BUDGET} "
-                       "epochs, batch 32; std over seeds (ddof=1).", "", *rows])
-    print("\n" + table)
-    if not only:
-        text = DOCS.read_text()
-        block = f"{START}\n{table}\n{END}"
-        text = re.sub(f"{START}.*?{END}", block, text, flags=re.S) if START in text else text + "\n" + block + "\n"
-        DOCS.write_text(text)
+    publish("transfer-benchmark", f"{machine}; seeds {list(SEEDS)}; budget {BUDGET} epochs, batch 32; std over seeds "
+            "(ddof=1)", rows, write=not only)
     return 0
 
 
