@@ -5,7 +5,6 @@ a second. Nothing here touches a database, a broker or a web server.
 """
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest

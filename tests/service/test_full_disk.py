@@ -6,7 +6,6 @@ files on a fresh 1.5 MiB tmpfs; mounting one needs root, as CI has.
 
 import io
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
