@@ -46,29 +46,28 @@ class Preprocessing:
         return math.floor(self.crop_size * self.resize_ratio + 0.5)
 
 
+def _resize_and_crop(p: Preprocessing) -> list:
+    mode = transforms.InterpolationMode(p.interpolation)
+    return [transforms.Resize(p.resize, interpolation=mode, antialias=True), transforms.CenterCrop(p.crop_size)]
+
+
+def _normalized_tensor(p: Preprocessing) -> list:
+    return [transforms.PILToTensor(), transforms.ConvertImageDtype(torch.float32), transforms.Normalize(p.mean, p.std)]
+
+
 def eval_transform(p: Preprocessing) -> transforms.Compose:
     """The preset's steps in its order (resize and crop the PIL image, then tensor), so it gives the same numbers."""
-    return transforms.Compose([
-        transforms.Resize(p.resize, interpolation=transforms.InterpolationMode(p.interpolation), antialias=True),
-        transforms.CenterCrop(p.crop_size),
-        transforms.PILToTensor(),
-        transforms.ConvertImageDtype(torch.float32),
-        transforms.Normalize(p.mean, p.std),
-    ])
+    return transforms.Compose([*_resize_and_crop(p), *_normalized_tensor(p)])
 
 
 def train_transform(p: Preprocessing, *, augment: bool = False, hflip: bool = False) -> transforms.Compose:
     """The training images' preprocessing: with `augment`, a random resized crop (scale 0.7-1, the aspect ratio
     3/4-4/3) in place of resize and centre crop; with `hflip`, a random horizontal flip; otherwise `eval_transform`."""
-    if not (augment or hflip):
-        return eval_transform(p)
-    mode = transforms.InterpolationMode(p.interpolation)
-    crop = ([transforms.RandomResizedCrop(p.crop_size, scale=(0.7, 1.0), interpolation=mode, antialias=True)]
-            if augment else [transforms.Resize(p.resize, interpolation=mode, antialias=True),
-                             transforms.CenterCrop(p.crop_size)])
+    crop = ([transforms.RandomResizedCrop(p.crop_size, scale=(0.7, 1.0),
+                                          interpolation=transforms.InterpolationMode(p.interpolation), antialias=True)]
+            if augment else _resize_and_crop(p))
     flip = [transforms.RandomHorizontalFlip()] if hflip else []
-    return transforms.Compose([*crop, *flip, transforms.PILToTensor(), transforms.ConvertImageDtype(torch.float32),
-                               transforms.Normalize(p.mean, p.std)])
+    return transforms.Compose([*crop, *flip, *_normalized_tensor(p)])
 
 
 class ImageFiles(Dataset):
